@@ -73,12 +73,14 @@ def _segment_from_band(band: list[list[float]], t: int, tau: float, max_window: 
 
 
 def _check_segment_args(tau: float, max_window: int, ema: float) -> None:
-    if not 0.0 <= float(tau) <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {tau!r}")
+    for name, value, lo_open in (("tau", tau, False), ("ema", ema, True)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        lo_ok = value > 0.0 if lo_open else value >= 0.0
+        if not (lo_ok and value <= 1.0):  # also rejects NaN
+            raise ValueError(f"{name} must be in {'(' if lo_open else '['}0, 1], got {value!r}")
     if isinstance(max_window, bool) or not isinstance(max_window, int) or max_window < 2:
         raise ValueError(f"max_window must be an integer >= 2, got {max_window!r}")
-    if not 0.0 < float(ema) <= 1.0:
-        raise ValueError(f"ema must be in (0, 1], got {ema!r}")
 
 
 def segment_frames(hidden: torch.Tensor, tau: float, max_window: int, ema: float) -> Groups:
@@ -162,7 +164,6 @@ def plan_merge(band: list[list[float]], groups: Groups, *, min_frames: int = 1,
         n = len(mids)
         s = [band[1][m] for m in mids[:-1]]  # s_j = sim(m_j, m_{j+1}), j < n-1
         tau_seg = band[length - 1][start]  # sim(first, last)
-        last_consumed = False
         i = 0
         while i < n - 1:
             if i + 1 < n - 1:  # a next pair exists
@@ -179,23 +180,16 @@ def plan_merge(band: list[list[float]], groups: Groups, *, min_frames: int = 1,
                     keep(mids[i])
                     i += 1
                 continue
-            # The last pair (i == n - 2). Released code: merging it uses w = 1.0, which emits
-            # m_i either way. The variant blends the pair evenly instead.
-            if keep_last_middle and budget > 0 and s[i] > tau_seg:
-                first.append(mids[i])
-                second.append(mids[i + 1])
-                weight.append(0.5)
-                budget -= 1
-                last_consumed = True
-            else:
-                keep(mids[i])
+            # The last pair (i == n - 2). The released code "merges" it with w = 1.0, which
+            # emits m_i either way; so it simply emits m_i.
+            keep(mids[i])
             break
-        if not last_consumed:
-            # m_{n-1} was not consumed by a merge: the released code never emits it.
-            if keep_last_middle or budget == 0:
-                keep(mids[n - 1])
-            else:
-                budget -= 1
+        # m_{n-1} is never consumed by a merge. The released code never emits it; the
+        # keep_last_middle variant (and a spent reduction budget) keeps it unchanged.
+        if keep_last_middle or budget == 0:
+            keep(mids[n - 1])
+        else:
+            budget -= 1
         keep(end)
     return MergePlan(first, second, weight)
 

@@ -1,0 +1,15 @@
+"""EarlyTom front end: an OpenAI-compatible server in front of vLLM backends running the plugin.
+
+Installed as ``earlytom_server`` (``server/`` in the repository). Importing this package is cheap;
+the pieces live in their own modules:
+
+- :mod:`earlytom_server.settings`  -- every knob, from the environment (``EARLYTOM_*``) or the CLI
+- :mod:`earlytom_server.schemas`   -- the request fields accepted, plus the ``earlytom`` extension
+- :mod:`earlytom_server.errors`    -- OpenAI-shaped errors
+- :mod:`earlytom_server.media`     -- video/image URL checks (SSRF, size, media dir), frames-as-video
+- :mod:`earlytom_server.proxy`     -- backend pool, health, fewest-in-flight routing, relaying
+- :mod:`earlytom_server.supervisor`-- the vLLM child process started when no backend URL is given
+- :mod:`earlytom_server.metrics`   -- the ``earlytom_*`` Prometheus metrics
+- :mod:`earlytom_server.app`       -- ``create_app(settings)``
+- :mod:`earlytom_server.cli`       -- ``earlytom-serve``
+"""

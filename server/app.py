@@ -1,0 +1,658 @@
+"""``create_app(settings)``: the OpenAI-compatible front end.
+
+Routes:
+
+- ``POST /v1/chat/completions`` -- checked, media rewritten, forwarded to a backend; JSON or SSE
+- ``GET /v1/models``            -- the models of the ready backends
+- ``GET /health``               -- 200 when a backend is ready, else 503
+- ``GET /metrics``              -- Prometheus text format (``earlytom_*``)
+
+With ``api_key`` set, ``/v1/*`` needs ``Authorization: Bearer <key>`` (``/health`` and ``/metrics``
+too if ``protect_health_metrics``). Every error is an OpenAI error body; user input never causes a
+500 or a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from earlytom_server.errors import APIError, error_body, normalize_error_body
+from earlytom_server.media import MediaError, MediaPolicy, MediaProcessor, PreparedVideo
+from earlytom_server.metrics import CONTENT_TYPE, Metrics
+from earlytom_server.proxy import (
+    Backend,
+    BackendFailed,
+    BackendPool,
+    BackendUnavailable,
+    StreamState,
+    backend_error,
+    relay_sse,
+)
+from earlytom_server.schemas import REJECTED_FIELDS, ChatCompletionRequest
+from earlytom_server.settings import Settings
+from earlytom_server.supervisor import BackendSupervisor, CommandFactory
+from earlytom_vllm import EarlyTomConfig
+
+log = logging.getLogger("earlytom_server.app")
+
+TOKENS_PER_FRAME = 196
+CHAT_PATH = "/v1/chat/completions"
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def effective_method(cfg: EarlyTomConfig) -> str:
+    return cfg.method if cfg.compresses else "none"
+
+
+def _budget(frames: int, ratio: float) -> int:
+    # budget.py imports torch: load it on first use (and warm it at start-up, off the event loop).
+    from earlytom_vllm.core.budget import video_token_budget
+
+    return video_token_budget(frames, ratio)
+
+
+def visual_tokens(frames: Sequence[int], cfg: EarlyTomConfig) -> tuple[int, int]:
+    """(before, after) visual tokens for videos of ``frames`` frames each (newline included)."""
+    before = sum(TOKENS_PER_FRAME * t + 1 for t in frames)
+    if not cfg.compresses:
+        return before, before
+    return before, sum(_budget(t, cfg.retain_ratio) + 1 for t in frames)
+
+
+def _clean_loc(loc: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in loc:
+        if isinstance(item, str) and ("[" in item or item in {"str", "int", "float", "bool",
+                                                               "list", "dict", "none"}):
+            continue  # union-branch labels
+        if out and isinstance(item, str) and out[-1] == item:
+            continue  # discriminator tag followed by the field of the same name
+        out.append(item)
+    return out
+
+
+def loc_to_param(loc: Sequence[Any]) -> str | None:
+    param = ""
+    for item in loc:
+        if isinstance(item, int):
+            param += f"[{item}]"
+        else:
+            param += ("." if param else "") + str(item)
+    return param or None
+
+
+def validation_error(errors: Sequence[dict[str, Any]], *, drop_prefix: int = 0) -> APIError:
+    if not errors:
+        return APIError(400, "invalid request", code="invalid_request")
+    cleaned = [(_clean_loc(list(e.get("loc", ()))[drop_prefix:]), e) for e in errors]
+    best = max(len(loc) for loc, _ in cleaned)
+    top = [(loc, e) for loc, e in cleaned if len(loc) == best]
+    loc = top[0][0]
+    param = loc_to_param(loc)
+    msgs = list(dict.fromkeys(str(e.get("msg", "invalid value")) for _, e in top))
+    msg = msgs[0] if len(msgs) == 1 else "invalid value (" + "; or ".join(msgs) + ")"
+    return APIError(400, f"{param}: {msg}" if param else msg, param=param,
+                    code="invalid_value")
+
+
+def _earlytom_param(message: str) -> str:
+    first = message.split(" ", 1)[0]
+    if first.startswith("earlytom."):
+        return first
+    if first in EarlyTomConfig.field_names():
+        return f"earlytom.{first}"
+    return "earlytom"
+
+
+@dataclass
+class Labels:
+    model: str = "unknown"
+    method: str = "earlytom"
+
+
+@dataclass
+class Prepared:
+    body: dict[str, Any]
+    frames: list[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# The app
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response started."""
+
+
+class RelayResponse(StreamingResponse):
+    """A streaming response with a cleanup hook that always runs (shielded from cancellation)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, on_close: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_close()
+
+
+class FrontEnd:
+    """State and request handling behind the routes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        command_factory: CommandFactory | None = None,
+        supervisor_env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.default_cfg = settings.earlytom_config
+        self.pool = BackendPool(
+            settings.backends,
+            metrics=self.metrics,
+            health_interval=settings.health_interval,
+            health_timeout=settings.health_timeout,
+            request_timeout=settings.request_timeout,
+            api_key=(settings.backend_api_key.get_secret_value()
+                     if settings.backend_api_key else None),
+        )
+        self.media = MediaProcessor(MediaPolicy.from_settings(settings))
+        self.supervisor: BackendSupervisor | None = None
+        if settings.spawns_backend:
+            self.supervisor = BackendSupervisor(settings, self.pool,
+                                                command_factory=command_factory,
+                                                env=supervisor_env)
+        self._warm: asyncio.Task[int] | None = None
+        self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        if self.settings.spawns_backend:
+            self.settings.resolved_media_dir().mkdir(parents=True, exist_ok=True)
+        await self.pool.start()
+        if self.supervisor is not None:
+            await self.supervisor.start()
+        # Import the budget function (and torch) off the event loop, without delaying start-up.
+        self._warm = asyncio.create_task(asyncio.to_thread(_budget, 1, 1.0))
+
+    async def shutdown(self) -> None:
+        if self._warm is not None:
+            with contextlib.suppress(Exception):
+                await self._warm
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        await self.pool.stop()
+        await self.media.aclose()
+
+    # -- auth -------------------------------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        if self._api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self._api_key)
+        if not ok:
+            raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                           code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+
+    # -- parsing ----------------------------------------------------------------------------------
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        limit = self.settings.request_body_limit
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"request body larger than {limit} bytes",
+                           code="request_too_large")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"request body larger than {limit} bytes",
+                               code="request_too_large")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise APIError(400, "empty request body: a JSON object is expected",
+                           code="invalid_json")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"malformed JSON in the request body: {exc}",
+                           code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        return body
+
+    def parse_earlytom(self, req: ChatCompletionRequest, body: dict[str, Any]
+                       ) -> tuple[dict[str, Any], bool, EarlyTomConfig]:
+        """(overrides to forward, frames_as_video, effective config)."""
+        overrides: dict[str, Any] = {}
+        mm = body.get("mm_processor_kwargs")
+        if mm is not None:
+            for key in mm:
+                if key != "earlytom":
+                    raise APIError(400, f"mm_processor_kwargs.{key} is not accepted (only "
+                                   "'earlytom')", param=f"mm_processor_kwargs.{key}",
+                                   code="invalid_value")
+            inner = mm.get("earlytom")
+            if inner is not None and not isinstance(inner, dict):
+                raise APIError(400, "mm_processor_kwargs.earlytom must be an object",
+                               param="mm_processor_kwargs.earlytom", code="invalid_value")
+            overrides.update(inner or {})
+        overrides.update(req.earlytom or {})
+        frames_as_video = overrides.pop("frames_as_video", False)
+        if not isinstance(frames_as_video, bool):
+            raise APIError(400, f"earlytom.frames_as_video must be true or false, got "
+                           f"{frames_as_video!r}", param="earlytom.frames_as_video",
+                           code="invalid_value")
+        try:
+            cfg = self.default_cfg.merged(overrides)
+        except (ValueError, TypeError) as exc:
+            raise APIError(400, f"invalid earlytom setting: {exc}",
+                           param=_earlytom_param(str(exc)), code="invalid_value") from None
+        return overrides, frames_as_video, cfg
+
+    def resolve_model(self, requested: str | None) -> str:
+        if not self.pool.ready:
+            raise APIError(503, "no backend is ready yet (see /health)",
+                           code="backend_unavailable")
+        ids = [str(m.get("id")) for m in self.pool.models()]
+        if requested is None:
+            return ids[0]
+        if requested not in ids:
+            raise APIError(404, f"the model '{requested}' does not exist (available: "
+                           f"{', '.join(ids)})", param="model", code="model_not_found")
+        return requested
+
+    def _label_model(self, requested: Any) -> str:
+        """The model label for a request that may fail validation (known names only)."""
+        ids = [str(m.get("id")) for m in self.pool.models()]
+        if requested is None and ids:
+            return ids[0]
+        return requested if isinstance(requested, str) and requested in ids else "unknown"
+
+    async def prepare(self, body: dict[str, Any], *, frames_as_video: bool) -> Prepared:
+        """Check and rewrite every media part; collect the videos' frame counts."""
+        frames: list[int] = []
+        messages: list[dict[str, Any]] = []
+        frame_slots: list[tuple[int, int, str, str]] = []  # (msg, part, url, param)
+        try:
+            for i, message in enumerate(body["messages"]):
+                message = dict(message)
+                content = message.get("content")
+                if isinstance(content, list):
+                    parts: list[Any] = []
+                    for j, part in enumerate(content):
+                        kind = part["type"]
+                        if kind == "video_url":
+                            param = f"messages[{i}].content[{j}].video_url.url"
+                            video = await self.media.video(part["video_url"]["url"], param=param)
+                            frames.append(video.frames)
+                            parts.append({**part, "video_url": {**part["video_url"],
+                                                                "url": video.url}})
+                        elif kind == "image_url":
+                            param = f"messages[{i}].content[{j}].image_url.url"
+                            url = part["image_url"]["url"]
+                            if frames_as_video:
+                                frame_slots.append((i, len(parts), url, param))
+                                parts.append(None)  # placeholder
+                            else:
+                                new = await self.media.image(url, param=param)
+                                parts.append({**part, "image_url": {**part["image_url"],
+                                                                    "url": new}})
+                        else:
+                            parts.append(part)
+                    message["content"] = parts
+                messages.append(message)
+            if frame_slots:
+                video: PreparedVideo = await self.media.frames_as_video(
+                    [(url, param) for _, _, url, param in frame_slots])
+                frames.append(video.frames)
+                first_msg, first_part = frame_slots[0][:2]
+                messages[first_msg]["content"][first_part] = {
+                    "type": "video_url", "video_url": {"url": video.url}}
+                for m in messages:
+                    if isinstance(m.get("content"), list):
+                        m["content"] = [p for p in m["content"] if p is not None]
+                        if not m["content"]:
+                            m["content"] = ""
+        except MediaError as exc:
+            raise APIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
+        return Prepared(body={**body, "messages": messages}, frames=frames)
+
+    # -- the chat route ---------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        labels = Labels(method=effective_method(self.default_cfg))
+        try:
+            self.check_auth(request)
+            body = await self.read_json(request)
+            labels.model = self._label_model(body.get("model"))
+            try:
+                req = ChatCompletionRequest.model_validate(body)
+            except ValidationError as exc:
+                raise validation_error(exc.errors()) from None
+            for name, why in REJECTED_FIELDS.items():
+                if name in body:
+                    raise APIError(400, why, param=name, code="invalid_value")
+            labels.model = self.resolve_model(req.model)
+            overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
+            labels.method = effective_method(cfg)
+        except APIError as exc:
+            self.metrics.requests.labels(labels.model, labels.method, str(exc.status)).inc()
+            return exc.response()
+
+        in_flight = self.metrics.in_flight.labels(labels.model)
+        in_flight.inc()
+        handed_off = False
+        forwarded = False
+        status = 500
+        try:
+            prepared = await self.unless_disconnected(
+                request, self.prepare(body, frames_as_video=frames_as_video))
+            upstream = dict(prepared.body)
+            upstream.pop("earlytom", None)
+            upstream.pop("mm_processor_kwargs", None)
+            if overrides:
+                upstream["mm_processor_kwargs"] = {"earlytom": overrides}
+            upstream["model"] = labels.model
+            forwarded = True
+            if req.stream:
+                client_opts = body.get("stream_options") or {}
+                upstream["stream_options"] = {**client_opts, "include_usage": True}
+                strip_usage = not client_opts.get("include_usage")
+                response, backend = await self.unless_disconnected(
+                    request, self._send(labels.model, upstream, stream=True))
+                if response.status_code != 200:
+                    status, resp = self._error_from_backend(response)
+                    return resp
+                handed_off = True
+                return self._stream(response, backend, labels, cfg, prepared.frames, t0,
+                                    strip_usage)
+            response, backend = await self.unless_disconnected(
+                request, self._send(labels.model, upstream, stream=False))
+            if response.status_code != 200:
+                status, resp = self._error_from_backend(response)
+                return resp
+            try:
+                data = response.json()
+            except ValueError:
+                raise APIError(502, "the backend returned invalid JSON",
+                               code="backend_error") from None
+            elapsed = time.perf_counter() - t0
+            self.metrics.ttft.labels(labels.model, labels.method).observe(elapsed)
+            self._count_success(labels, data.get("usage") if isinstance(data, dict) else None,
+                                cfg, prepared.frames)
+            status = 200
+            return Response(content=response.content, media_type="application/json")
+        except APIError as exc:
+            status = exc.status
+            return exc.response()
+        except (BackendFailed, BackendUnavailable) as exc:
+            err = backend_error(exc)
+            status = err.status
+            return err.response()
+        except ClientGone:
+            status = 499  # nginx's "client closed request"; nobody reads this response
+            return Response(status_code=204)
+        finally:
+            if not handed_off:
+                in_flight.dec()
+                self.metrics.requests.labels(labels.model, labels.method, str(status)).inc()
+                if forwarded:
+                    self.metrics.duration.labels(labels.model, labels.method).observe(
+                        time.perf_counter() - t0)
+
+    async def unless_disconnected(self, request: Request, work: Any) -> Any:
+        """Await ``work`` unless the client disconnects first: then cancel it (closing any
+        upstream connection, which makes vLLM abort the request) and raise ClientGone."""
+        task = asyncio.ensure_future(work)
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise ClientGone
+
+    async def _send(self, model: str, body: dict[str, Any], *, stream: bool
+                    ) -> tuple[Any, Backend]:
+        """Send to the least busy ready backend; retry elsewhere if it cannot be reached.
+        A streamed 200 response stays open and keeps the backend's in-flight count."""
+        tried: set[int] = set()
+        last: BackendUnavailable | None = None
+        while True:
+            backend = self.pool.pick(model, tried)
+            if backend is None:
+                if last is not None:
+                    raise last
+                raise APIError(503, "no backend serving this model is ready",
+                               code="backend_unavailable")
+            tried.add(id(backend))
+            backend.in_flight += 1
+            try:
+                response = await self.pool.send(backend, CHAT_PATH, body, stream=stream)
+            except BackendUnavailable as exc:
+                backend.in_flight -= 1
+                last = exc
+                continue
+            except BaseException:
+                backend.in_flight -= 1
+                raise
+            if not stream or response.status_code != 200:
+                backend.in_flight -= 1
+            return response, backend
+
+    def _error_from_backend(self, response: Any) -> tuple[int, JSONResponse]:
+        status = response.status_code
+        if status == 500 or status < 400:
+            status = 502
+        body = normalize_error_body(status, response.content)
+        return status, JSONResponse(body, status_code=status)
+
+    def _count_success(self, labels: Labels, usage: Any, cfg: EarlyTomConfig,
+                       frames: list[int]) -> None:
+        m = self.metrics
+        if isinstance(usage, dict):
+            prompt = usage.get("prompt_tokens")
+            completion = usage.get("completion_tokens")
+            if isinstance(prompt, int) and prompt >= 0:
+                m.prompt_tokens.labels(labels.model, labels.method).inc(prompt)
+            if isinstance(completion, int) and completion >= 0:
+                m.output_tokens.labels(labels.model, labels.method).inc(completion)
+        if frames:
+            before, after = visual_tokens(frames, cfg)
+            m.visual_before.labels(labels.model, labels.method).inc(before)
+            m.visual_after.labels(labels.model, labels.method).inc(after)
+
+    def _stream(self, response: Any, backend: Backend, labels: Labels, cfg: EarlyTomConfig,
+                frames: list[int], t0: float, strip_usage: bool) -> StreamingResponse:
+        state = StreamState()
+        metrics = self.metrics
+        pool = self.pool
+        outcome = {"status": 499}  # until the relay finishes: the client went away
+        closed = False
+
+        async def events() -> AsyncIterator[bytes]:
+            observed = False
+            try:
+                async for event in relay_sse(response, state, strip_usage=strip_usage):
+                    if not observed and state.first_content_at is not None:
+                        observed = True
+                        metrics.ttft.labels(labels.model, labels.method).observe(
+                            state.first_content_at - t0)
+                    yield event
+            except BackendFailed as exc:
+                if not exc.timeout:
+                    pool.report_failure(backend, str(exc))
+                err = backend_error(exc)
+                outcome["status"] = err.status
+                log.warning("stream from %s failed: %s", backend.url, exc)
+                yield err.sse()
+                yield b"data: [DONE]\n\n"
+                return
+            if state.error_status is not None:
+                outcome["status"] = state.error_status
+            else:
+                outcome["status"] = 200
+                self._count_success(labels, state.usage, cfg, frames)
+
+        async def close() -> None:
+            # Runs once the response is over, however it ended (also if the client disconnected
+            # before the first byte): closing the upstream response cancels the request in vLLM.
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            await response.aclose()
+            backend.in_flight -= 1
+            metrics.in_flight.labels(labels.model).dec()
+            metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
+            metrics.duration.labels(labels.model, labels.method).observe(
+                time.perf_counter() - t0)
+
+        return RelayResponse(
+            events(), on_close=close, media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    # -- other routes -----------------------------------------------------------------------------
+    def authorized(self, request: Request) -> bool:
+        try:
+            self.check_auth(request)
+        except APIError:
+            return False
+        return True
+
+    def health(self, request: Request) -> Response:
+        if self.settings.protect_health_metrics:
+            self.check_auth(request)
+        # Backend details (private URLs, pids) only for callers holding the key, if there is one.
+        detailed = self.authorized(request)
+        backends = [b.describe() for b in self.pool.backends]
+        extra: dict[str, Any] = {"backends": backends} if detailed else {}
+        if self.supervisor is not None and detailed:
+            extra["supervisor"] = self.supervisor.status()
+        if self.pool.ready:
+            return JSONResponse({"status": "ready", **extra})
+        reasons = ("; ".join(f"{b['url']}: {b['last_error']}" for b in backends) or
+                   "no backends") if detailed else "see the server log"
+        body = error_body(503, f"no backend is ready ({reasons})", code="backend_unavailable")
+        return JSONResponse({"status": "unavailable", **body, **extra}, status_code=503)
+
+    def metrics_route(self, request: Request) -> Response:
+        if self.settings.protect_health_metrics:
+            self.check_auth(request)
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    def models(self, request: Request) -> Response:
+        self.check_auth(request)
+        if not self.pool.ready:
+            raise APIError(503, "no backend is ready yet (see /health)",
+                           code="backend_unavailable")
+        return JSONResponse({"object": "list", "data": self.pool.models()})
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    command_factory: CommandFactory | None = None,
+    supervisor_env: dict[str, str] | None = None,
+) -> FastAPI:
+    """Build the front end. Without ``settings.backends`` the app starts (on start-up) and stops
+    (on shutdown) its own vLLM backend; ``command_factory(port)`` replaces the vLLM command
+    (tests)."""
+    settings = settings or Settings()
+    front = FrontEnd(settings, command_factory=command_factory, supervisor_env=supervisor_env)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await front.startup()
+        try:
+            yield
+        finally:
+            await front.shutdown()
+
+    app = FastAPI(title="earlytom-vllm", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.front = front
+    app.state.settings = settings
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return validation_error(list(exc.errors()), drop_prefix=1).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(500, "internal error (details in the server log)"),
+                            status_code=500)
+
+    @app.post(CHAT_PATH)
+    async def chat_completions(request: Request) -> Response:
+        return await front.chat(request)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        return front.models(request)
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        return front.health(request)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return front.metrics_route(request)
+
+    return app

@@ -1,0 +1,381 @@
+"""The backend pool: health polling, fewest-in-flight routing, and relaying (JSON and SSE).
+
+A backend is *ready* when ``GET /health`` answers 200 and ``GET /v1/models`` lists its models.
+Requests go to the ready backend serving the model with the fewest requests in flight (ties
+rotate). A backend that fails a request (connection refused, reset, garbage) is marked down at once
+and re-checked at the next poll; a request that could not even connect is retried on another
+backend, a request that was already sent is not (it may have run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from earlytom_server.errors import APIError
+from earlytom_server.metrics import Metrics
+
+log = logging.getLogger("earlytom_server.proxy")
+
+
+@dataclass(eq=False)
+class Backend:
+    url: str
+    managed: bool = False
+    healthy: bool = False
+    in_flight: int = 0
+    models: list[dict[str, Any]] = field(default_factory=list)
+    last_error: str | None = "not checked yet"
+    last_ok: float | None = None
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [str(m.get("id")) for m in self.models if m.get("id") is not None]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "ready": self.healthy,
+            "in_flight": self.in_flight,
+            "models": self.model_ids,
+            "managed": self.managed,
+            "last_error": None if self.healthy else self.last_error,
+        }
+
+
+class BackendUnavailable(Exception):
+    """The request never reached the backend (safe to retry elsewhere)."""
+
+
+class BackendFailed(Exception):
+    """The backend failed after the request was sent."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class BackendPool:
+    def __init__(
+        self,
+        urls: list[str] | tuple[str, ...] = (),
+        *,
+        metrics: Metrics,
+        health_interval: float = 2.0,
+        health_timeout: float = 5.0,
+        request_timeout: float = 600.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self.request_timeout = request_timeout
+        self.api_key = api_key
+        self.backends: list[Backend] = []
+        for url in urls:
+            self.add(url)
+        self._rr = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._changed: asyncio.Condition | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def add(self, url: str, *, managed: bool = False) -> Backend:
+        backend = Backend(url=url.rstrip("/"), managed=managed)
+        self.backends.append(backend)
+        self.metrics.backend_up.labels(backend=backend.url).set(0)
+        return backend
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                trust_env=False,
+                timeout=httpx.Timeout(self.request_timeout, connect=min(10.0, self.request_timeout)),
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            )
+        return self._client
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        _ = self.client
+        await self.poll_once()
+        self._task = asyncio.create_task(self._poll_loop(), name="earlytom-health-poll")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _poll_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.health_interval)
+            self._wake.clear()
+            try:
+                await self.poll_once()
+            except Exception:  # pragma: no cover - never let the poller die
+                log.exception("health poll failed")
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- health -----------------------------------------------------------------------------------
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self.check(b) for b in list(self.backends)))
+
+    async def check(self, backend: Backend) -> bool:
+        try:
+            r = await self.client.get(f"{backend.url}/health", timeout=self.health_timeout)
+            if r.status_code != 200:
+                raise BackendFailed(f"/health returned HTTP {r.status_code}")
+            r = await self.client.get(f"{backend.url}/v1/models", headers=self.headers(),
+                                      timeout=self.health_timeout)
+            if r.status_code != 200:
+                raise BackendFailed(f"/v1/models returned HTTP {r.status_code}")
+            data = r.json().get("data")
+            if not isinstance(data, list) or not data:
+                raise BackendFailed("/v1/models lists no model")
+            models = [m for m in data if isinstance(m, dict)]
+        except (httpx.HTTPError, BackendFailed, ValueError, AttributeError) as exc:
+            self.set_health(backend, False, _describe(exc))
+            return False
+        backend.models = models
+        self.set_health(backend, True)
+        return True
+
+    def set_health(self, backend: Backend, healthy: bool, error: str | None = None) -> None:
+        was = backend.healthy
+        backend.healthy = healthy
+        if healthy:
+            backend.last_error = None
+            backend.last_ok = time.monotonic()
+        else:
+            backend.last_error = error
+        self.metrics.backend_up.labels(backend=backend.url).set(1 if healthy else 0)
+        if was != healthy:
+            if healthy:
+                log.info("backend %s is ready (models: %s)", backend.url,
+                         ", ".join(backend.model_ids))
+            else:
+                log.warning("backend %s is down: %s", backend.url, error)
+            self._notify()
+
+    def _notify(self) -> None:
+        cond = self._changed
+        if cond is None:
+            return
+
+        async def notify() -> None:
+            async with cond:
+                cond.notify_all()
+
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(notify())
+
+    def report_failure(self, backend: Backend, reason: str) -> None:
+        """A request saw the backend fail: mark it down now, re-check soon."""
+        self.set_health(backend, False, reason)
+        self.wake()
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        assert self._changed is not None
+
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.ready)
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return any(b.healthy for b in self.backends)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Models of the ready backends (first seen wins per id)."""
+        seen: dict[str, dict[str, Any]] = {}
+        for b in self.backends:
+            if b.healthy:
+                for m in b.models:
+                    seen.setdefault(str(m.get("id")), m)
+        return list(seen.values())
+
+    # -- routing ----------------------------------------------------------------------------------
+    def candidates(self, model: str, exclude: Collection[int] = ()) -> list[Backend]:
+        ready = [b for b in self.backends if b.healthy and model in b.model_ids
+                 and id(b) not in exclude]
+        if not ready:
+            return []
+        n = len(self.backends)
+        start = self._rr % n
+        order = {id(b): (i - start) % n for i, b in enumerate(self.backends)}
+        return sorted(ready, key=lambda b: (b.in_flight, order[id(b)]))
+
+    def pick(self, model: str, exclude: Collection[int] = ()) -> Backend | None:
+        """The ready backend serving ``model`` with the fewest requests in flight (ties rotate),
+        skipping ``exclude`` (ids of backends already tried)."""
+        ranked = self.candidates(model, exclude)
+        if not ranked:
+            return None
+        self._rr += 1
+        return ranked[0]
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def send(self, backend: Backend, path: str, body: dict[str, Any], *, stream: bool
+                   ) -> httpx.Response:
+        """POST ``body`` to the backend; the response is open (streamed) if ``stream``."""
+        request = self.client.build_request(
+            "POST", f"{backend.url}{path}", json=body,
+            headers={**self.headers(), "accept": "text/event-stream" if stream
+                     else "application/json"},
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self.report_failure(backend, _describe(exc))
+            raise BackendUnavailable(_describe(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise BackendFailed(_describe(exc), timeout=True) from exc
+        except httpx.TransportError as exc:
+            self.report_failure(backend, _describe(exc))
+            raise BackendFailed(_describe(exc)) from exc
+        if stream and response.status_code == 200:
+            return response
+        try:
+            await response.aread()
+        except httpx.TimeoutException as exc:
+            await response.aclose()
+            raise BackendFailed(_describe(exc), timeout=True) from exc
+        except httpx.TransportError as exc:
+            await response.aclose()
+            self.report_failure(backend, _describe(exc))
+            raise BackendFailed(_describe(exc)) from exc
+        return response
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# SSE relay
+
+
+@dataclass
+class StreamState:
+    """What the relay learned from a stream (read by the metrics)."""
+
+    first_content_at: float | None = None
+    usage: dict[str, Any] | None = None
+    done: bool = False
+    error_status: int | None = None
+
+
+def _has_content(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict) and (
+            delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+            or delta.get("tool_calls")
+        ):
+            return True
+    return False
+
+
+async def relay_sse(
+    response: httpx.Response,
+    state: StreamState,
+    *,
+    strip_usage: bool,
+    clock: Callable[[], float] = time.perf_counter,
+) -> AsyncIterator[bytes]:
+    """Re-emit the backend's SSE events, watching for content, usage and errors.
+
+    ``strip_usage``: the client did not ask for usage (the front end always asks the backend for
+    it, to count tokens): drop the final usage-only chunk. Raises :class:`BackendFailed` if the
+    stream breaks or ends without ``[DONE]``.
+    """
+    data_lines: list[str] = []
+
+    def flush() -> bytes | None:
+        if not data_lines:
+            return None
+        payload = "\n".join(data_lines)
+        data_lines.clear()
+        if payload.strip() == "[DONE]":
+            state.done = True
+            return b"data: [DONE]\n\n"
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            return f"data: {payload}\n\n".encode()
+        if isinstance(chunk, dict):
+            if isinstance(chunk.get("error"), dict):
+                code = chunk["error"].get("code")
+                state.error_status = code if isinstance(code, int) and code >= 400 else 500
+            if state.first_content_at is None and _has_content(chunk):
+                state.first_content_at = clock()
+            if isinstance(chunk.get("usage"), dict):
+                state.usage = chunk["usage"]
+                if strip_usage:
+                    if not chunk.get("choices"):
+                        return None
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+        return f"data: {payload}\n\n".encode()
+
+    try:
+        async for line in response.aiter_lines():
+            if line == "":
+                out = flush()
+                if out is not None:
+                    yield out
+                continue
+            if line.startswith("data:"):
+                value = line[5:]
+                data_lines.append(value[1:] if value.startswith(" ") else value)
+            elif line.startswith(":"):
+                yield f"{line}\n\n".encode()  # comment / keep-alive
+            # other SSE fields (event:, id:, retry:) are not used by vLLM; dropped
+        out = flush()
+        if out is not None:
+            yield out
+    except httpx.TimeoutException as exc:
+        raise BackendFailed(f"backend stopped sending ({_describe(exc)})", timeout=True) from exc
+    except httpx.TransportError as exc:
+        raise BackendFailed(f"backend connection broke mid-stream ({_describe(exc)})") from exc
+    if not state.done and state.error_status is None:
+        raise BackendFailed("backend closed the stream before [DONE]")
+
+
+def backend_error(exc: BackendFailed | BackendUnavailable) -> APIError:
+    if isinstance(exc, BackendUnavailable):
+        return APIError(503, f"no backend could take the request ({exc})",
+                        code="backend_unavailable")
+    if exc.timeout:
+        return APIError(504, f"the backend timed out ({exc})", code="backend_timeout")
+    return APIError(502, f"the backend failed ({exc})", code="backend_error")

@@ -1,0 +1,91 @@
+"""The request fields the front end understands, plus the ``earlytom`` extension.
+
+Only what the front end needs to look at is typed here (messages and their media parts, the
+streaming switches, the usual sampling numbers so that wrong types fail fast with a clear
+``param``). Every other top-level field passes through to vLLM unchanged, which validates it.
+
+The ``earlytom`` extension (request body, next to ``messages``)::
+
+    "earlytom": {"retain_ratio": 0.15}           # any EarlyTomConfig field, validated here
+    "earlytom": {"enabled": false}               # this request uncompressed
+    "earlytom": {"frames_as_video": true}        # the request's image_url parts are frames of ONE
+                                                 # video (what lmms-eval's openai backend sends)
+
+is forwarded to vLLM as ``mm_processor_kwargs: {"earlytom": {...}}`` (without ``frames_as_video``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class MediaURL(_Open):
+    url: StrictStr = Field(min_length=1)
+
+
+class ImageURLPart(_Open):
+    type: Literal["image_url"]
+    image_url: MediaURL
+
+
+class VideoURLPart(_Open):
+    type: Literal["video_url"]
+    video_url: MediaURL
+
+
+ContentPart = Annotated[TextPart | ImageURLPart | VideoURLPart, Field(discriminator="type")]
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[ContentPart] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: StrictBool | None = None
+    continuous_usage_stats: StrictBool | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """An OpenAI chat completion request (unknown fields pass through to vLLM)."""
+
+    model: StrictStr | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1)
+    seed: int | None = None
+    earlytom: dict[str, Any] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+
+
+#: Request fields the front end refuses: media loading is the front end's job.
+REJECTED_FIELDS = {
+    "media_io_kwargs": "media_io_kwargs is not accepted: the front end decides how media is loaded",
+}
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo

@@ -1,0 +1,172 @@
+"""Every knob of the front end, read from ``EARLYTOM_*`` environment variables (or the CLI).
+
+Lists (``EARLYTOM_BACKENDS``, ``EARLYTOM_BACKEND_ARGS``) take JSON (``'["http://a:8000"]'``) or a
+comma-separated string; ``EARLYTOM_COMPRESSION`` takes a JSON object of ``EarlyTomConfig`` fields.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from earlytom_vllm import EarlyTomConfig
+
+MiB = 1024 * 1024
+
+#: Served model name of the embedded tiny checkpoint.
+TINY_MODEL_NAME = "earlytom-tiny-llava-onevision"
+
+#: Where the front end keeps its own files (the example video, the default media dir).
+DEFAULT_HOME = Path.home() / ".cache" / "earlytom-vllm"
+
+
+def _split_list(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Front-end settings. Field ``x`` is environment variable ``EARLYTOM_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="EARLYTOM_", extra="ignore",
+                                      validate_default=True)
+
+    # -- listening -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # -- auth ------------------------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    """Bearer key required on /v1/* when set."""
+    protect_health_metrics: bool = False
+    """Also require the key on /health and /metrics."""
+
+    # -- backends --------------------------------------------------------------------------------
+    backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """vLLM server URLs to proxy to. Empty: start one vLLM server as a supervised child."""
+    backend_api_key: SecretStr | None = None
+    """Bearer key sent to the backends (a random one is generated for a spawned backend)."""
+    health_interval: float = Field(2.0, gt=0)
+    health_timeout: float = Field(5.0, gt=0)
+    request_timeout: float = Field(600.0, gt=0)
+    """Upper bound on one upstream request (seconds; streaming: between two chunks)."""
+
+    # -- the spawned backend ---------------------------------------------------------------------
+    model: str | None = None
+    """Checkpoint path or name for the spawned backend; unset: the tiny local checkpoint."""
+    served_model_name: str | None = None
+    backend_host: str = "127.0.0.1"
+    backend_port: int = Field(0, ge=0, le=65535)
+    """Private port of the spawned backend (0: a free one)."""
+    max_model_len: int | None = Field(None, ge=1)
+    max_images_per_prompt: int = Field(1, ge=0)
+    kv_cache_space_gib: int = Field(1, ge=1)
+    """VLLM_CPU_KVCACHE_SPACE for a CPU backend (ignored if already set in the environment)."""
+    omp_threads_bind: str = "nobind"
+    """VLLM_CPU_OMP_THREADS_BIND for a CPU backend (ignored if already set in the environment)."""
+    enforce_eager: bool = True
+    earlytom_arch: bool = True
+    """Select the EarlyTom architecture with --hf-overrides (False: stock model, debugging only)."""
+    backend_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Extra arguments appended to the vLLM command line."""
+    startup_timeout: float = Field(900.0, gt=0)
+    stop_timeout: float = Field(15.0, gt=0)
+    """Seconds between SIGTERM and SIGKILL when stopping the backend's process group."""
+    restart_backoff_max: float = Field(30.0, gt=0)
+    backend_log: bool = True
+    """Relay the backend's log lines (prefixed ``[vllm]``) to stderr."""
+
+    # -- compression defaults ----------------------------------------------------------------------
+    compression: dict[str, Any] = Field(default_factory=dict)
+    """Server-wide EarlyTomConfig fields (sent to a spawned backend in --hf-overrides; with
+    --backend they must match what the backends run, they drive the metrics' method label)."""
+
+    # -- media -----------------------------------------------------------------------------------
+    num_frames: int = Field(32, ge=1)
+    """Frames the backend samples per video (--media-io-kwargs); also the frames-as-video cap."""
+    media_dir: Path | None = None
+    """file:// URLs are accepted only inside this directory (unset: a private cache directory)."""
+    backend_media_dir: Path | None = None
+    """A directory the backends read as --allowed-local-media-path: media inside it is forwarded
+    as file://. Unset: the media dir for a spawned backend, nothing with --backend."""
+    allow_private_urls: bool = False
+    """Allow http(s) media URLs that resolve to loopback/private/link-local/... addresses."""
+    max_video_bytes: int = Field(100 * MiB, ge=1)
+    max_image_bytes: int = Field(20 * MiB, ge=1)
+    max_video_frames: int = Field(10_000, ge=1)
+    """Largest frame count of a video (or frames-as-video list) accepted."""
+    max_request_bytes: int | None = Field(None, ge=1)
+    """Largest request body (default: enough for a base64 video and images at the limits)."""
+    download_timeout: float = Field(30.0, gt=0)
+    max_concurrent_decodes: int = Field(2, ge=1)
+
+    # -- validators ------------------------------------------------------------------------------
+    @field_validator("backends", "backend_args", mode="before")
+    @classmethod
+    def _lists(cls, value: Any, info: Any) -> Any:
+        if info.field_name == "backend_args" and isinstance(value, str) and \
+                not value.strip().startswith("["):
+            return shlex.split(value)
+        return _split_list(value)
+
+    @field_validator("backends")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        out = []
+        for url in value:
+            url = url.strip().rstrip("/")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"backend URL must start with http:// or https://, got {url!r}")
+            out.append(url)
+        return out
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _compression(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if value is None:
+            return {}
+        EarlyTomConfig.from_dict(value)  # raises ValueError naming the field
+        return value
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if self.media_dir is not None:
+            self.media_dir = self.media_dir.expanduser()
+        if self.backend_media_dir is not None:
+            self.backend_media_dir = self.backend_media_dir.expanduser()
+        return self
+
+    # -- derived -----------------------------------------------------------------------------------
+    @property
+    def spawns_backend(self) -> bool:
+        return not self.backends
+
+    @property
+    def earlytom_config(self) -> EarlyTomConfig:
+        return EarlyTomConfig.from_dict(self.compression)
+
+    @property
+    def request_body_limit(self) -> int:
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        media = self.max_video_bytes + max(1, self.max_images_per_prompt) * self.max_image_bytes
+        return media * 4 // 3 + 4 * MiB
+
+    def resolved_media_dir(self) -> Path:
+        return (self.media_dir or DEFAULT_HOME / "media").expanduser()

@@ -1,0 +1,259 @@
+"""Test helpers: a fake vLLM OpenAI server, a thread-hosted uvicorn, mp4 writers.
+
+The fake backend mimics what the front end uses of vLLM: ``/health``, ``/v1/models``,
+``/v1/chat/completions`` (JSON and SSE, usage chunk when ``stream_options.include_usage``) and
+``/metrics``. Its behaviour is driven by markers in the last user text:
+
+- ``[reject]``  -> HTTP 400 in vLLM's error shape
+- ``[slow]``    -> a long stream, one chunk every 50 ms (records cancellation)
+- ``[hold]``    -> like ``[slow]``, but waits 0.3 s before answering (for routing tests)
+- ``[sleep]``   -> non-streaming: the body comes after 10 s (records cancellation)
+- ``[die]``     -> the connection breaks after the first content chunk (or mid-body)
+- ``[exit]``    -> the whole process exits after the first chunk (subprocess mode only)
+
+Run as a script (``python frontend_fakes.py --port P [--model NAME]``) for a separate process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+PROMPT_TOKENS = 42
+
+
+def _last_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            texts = [p.get("text", "") for p in content if p.get("type") == "text"]
+            if texts:
+                return " ".join(texts)
+    return ""
+
+
+def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hello", " world", "!"),
+                      ) -> FastAPI:
+    app = FastAPI()
+    app.state.received = []  # request bodies, in order
+    app.state.cancelled = 0  # streams that ended early because the client went away
+    app.state.completed = 0
+    app.state.healthy = True
+    app.state.active = 0
+    app.state.max_active = 0
+
+    @app.get("/health")
+    async def health() -> Any:
+        if not app.state.healthy:
+            return PlainTextResponse("down", status_code=503)
+        return PlainTextResponse("")
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return {"object": "list", "data": [{"id": model, "object": "model",
+                                            "owned_by": "fake", "max_model_len": 4096}]}
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        return PlainTextResponse("vllm:num_requests_running 0\n")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.json()
+        app.state.received.append(body)
+        text = _last_text(body)
+        if "[reject]" in text:
+            return JSONResponse({"error": {"message": "rejected by the fake backend",
+                                           "type": "BadRequestError", "param": "messages",
+                                           "code": 400}}, status_code=400)
+        if "[hold]" in text:
+            await asyncio.sleep(0.3)
+        rid = f"chatcmpl-{len(app.state.received)}"
+        created = int(time.time())
+        n_out = len(words)
+        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": n_out,
+                 "total_tokens": PROMPT_TOKENS + n_out}
+
+        if not body.get("stream"):
+            if "[sleep]" in text:  # a long non-streamed generation (records cancellation)
+                async def sleepy() -> Any:
+                    try:
+                        await asyncio.sleep(10)
+                        yield json.dumps({"id": rid, "choices": []}).encode()
+                    finally:
+                        app.state.cancelled += 1
+                return StreamingResponse(sleepy(), media_type="application/json")
+            if "[die]" in text:
+                async def broken() -> Any:
+                    yield b'{"id": "' + rid.encode() + b'", "choi'
+                    raise RuntimeError("fake backend dies mid-body")
+                return StreamingResponse(broken(), media_type="application/json")
+            app.state.completed += 1
+            return {
+                "id": rid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant",
+                                                      "content": "".join(words)},
+                             "finish_reason": "stop"}],
+                "usage": usage,
+            }
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        slow = "[slow]" in text or "[hold]" in text
+        pieces = list(words) * (200 if "[slow]" in text else 1)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            data = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [{"index": 0, "delta": delta,
+                                                 "finish_reason": finish}]}
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        async def events() -> Any:
+            app.state.active += 1
+            app.state.max_active = max(app.state.max_active, app.state.active)
+            finished = False
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                for i, piece in enumerate(pieces):
+                    if slow:
+                        await asyncio.sleep(0.05)
+                    yield chunk({"content": piece})
+                    if i == 0 and "[die]" in text:
+                        raise RuntimeError("fake backend dies mid-stream")
+                    if i == 0 and "[exit]" in text:
+                        await asyncio.sleep(0.05)
+                        os._exit(3)
+                yield chunk({}, "stop")
+                if include_usage:
+                    data = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                            "model": model, "choices": [], "usage": usage}
+                    yield f"data: {json.dumps(data)}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+                finished = True
+                app.state.completed += 1
+            finally:
+                app.state.active -= 1
+                if not finished:
+                    app.state.cancelled += 1
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+class ServerThread:
+    """A uvicorn server for ``app`` on 127.0.0.1 (random port) in a daemon thread."""
+
+    def __init__(self, app: Any, *, port: int = 0) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.sock]))
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server thread did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_mp4(path: Path, frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 8
+              ) -> Path:
+    """An mp4 (mp4v) with ``frames`` distinct frames; verified readable with OpenCV."""
+    import cv2
+    import numpy as np
+
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    assert writer.isOpened(), "cv2 cannot write mp4v here"
+    for i in range(frames):
+        img = np.zeros((height, width, 3), np.uint8)
+        img[:, :] = ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)
+        x = (i * 5) % max(1, width - 8)
+        img[10:20, x:x + 8] = 255
+        writer.write(img)
+    writer.release()
+    cap = cv2.VideoCapture(str(path))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == frames, f"wrote {frames} frames, read back {count}"
+    return path
+
+
+def video_message(url: str, text: str = "Describe the video.") -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": url}},
+        {"type": "text", "text": text},
+    ]}]
+
+
+def png_bytes(color: tuple[int, int, int] = (10, 200, 30), size: tuple[int, int] = (32, 24)
+              ) -> bytes:
+    import cv2
+    import numpy as np
+
+    img = np.zeros((size[1], size[0], 3), np.uint8)
+    img[:, :] = color
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def jpeg_bytes(color: tuple[int, int, int] = (10, 200, 30), size: tuple[int, int] = (32, 24)
+               ) -> bytes:
+    import cv2
+    import numpy as np
+
+    img = np.zeros((size[1], size[0], 3), np.uint8)
+    img[:, :] = color
+    ok, buf = cv2.imencode(".jpg", img)
+    assert ok
+    return buf.tobytes()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="fake-model")
+    args = parser.parse_args()
+    uvicorn.run(make_fake_backend(args.model), host="127.0.0.1", port=args.port,
+                log_level="warning")
+    sys.exit(0)

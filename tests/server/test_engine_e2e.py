@@ -1,0 +1,435 @@
+"""End to end with the REAL engine: ``earlytom-serve`` starts vLLM (CPU) with the EarlyTom plugin on
+the tiny local checkpoint; the ``openai`` client talks to it; a real Prometheus scrapes it.
+
+One server per module (start ~30-60 s on 2 cores). Run: ``pytest -m engine tests/server``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from frontend_fakes import free_port, png_bytes, write_mp4
+
+from earlytom_vllm.core.budget import video_token_budget
+
+pytestmark = pytest.mark.engine
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = str(Path(sys.executable).with_name("earlytom-serve"))
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+FRAMES = 8
+TTFT_P50 = ("histogram_quantile(0.5, sum by (le) "
+            "(rate(earlytom_time_to_first_token_seconds_bucket[1m])))")
+
+
+def _plugin_ready() -> bool:
+    plugin = ROOT / "earlytom_vllm" / "vllm" / "plugin.py"
+    return plugin.is_file() and "def register" in plugin.read_text()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def _get(url: str, **kw) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=5, **kw)
+    except httpx.HTTPError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    model: str
+    media_dir: Path
+    video: Path
+    backend_url: str
+    backend_pid: int
+
+    def client(self, api_key: str = "none") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0,
+                             timeout=300)
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def start_serve(args: list[str], log: Path, url: str, timeout: float) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    with log.open("w") as out:
+        proc = subprocess.Popen([SERVE, *args], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True
+        r = _get(f"{url}/health")
+        return r is not None and r.status_code == 200
+
+    ok = wait_for(ready, timeout)
+    if proc.poll() is not None or not ok:
+        proc.kill()
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+        pytest.fail(f"earlytom-serve did not become ready ({' '.join(args)}):\n{tail}")
+    return proc
+
+
+def stop_serve(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    if not _plugin_ready():
+        pytest.skip("the EarlyTom vLLM plugin (earlytom_vllm/vllm/plugin.py) is not there yet")
+    from earlytom_vllm.checkpoints import ensure_tiny_checkpoint
+
+    ensure_tiny_checkpoint()  # build (or find) it up front: start-up time is then vLLM's only
+    tmp = tmp_path_factory.mktemp("engine")
+    media_dir = tmp / "media"
+    media_dir.mkdir()
+    video = write_mp4(media_dir / "clip.mp4", frames=FRAMES, size=(96, 64))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp / "earlytom-serve.log"
+    proc = start_serve(["--port", str(port), "--media-dir", str(media_dir),
+                        "--health-interval", "0.5"], log, url, timeout=600)
+    health = httpx.get(f"{url}/health").json()
+    model = health["backends"][0]["models"][0]
+    sup = health["supervisor"]
+    s = Served(url=url, proc=proc, log=log, model=model, media_dir=media_dir, video=video,
+               backend_url=sup["url"], backend_pid=sup["pid"])
+    yield s
+    stop_serve(proc)
+
+
+def video_content(url: str, text: str = "Describe the video.") -> list[dict]:
+    return [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": text}]
+
+
+def data_url(path: Path) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def prompt_tokens(client: openai.OpenAI, model: str, content: list[dict], **earlytom) -> int:
+    extra = {"earlytom": earlytom} if earlytom else None
+    out = client.chat.completions.create(model=model, max_tokens=1, temperature=0,
+                                         messages=[{"role": "user", "content": content}],
+                                         extra_body=extra)
+    return out.usage.prompt_tokens
+
+
+# -- chat ---------------------------------------------------------------------------------------------
+
+
+def test_video_chat_non_streaming(served):
+    client = served.client()
+    for url in (data_url(served.video), f"file://{served.video}"):
+        out = client.chat.completions.create(
+            model=served.model, max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": video_content(url)}])
+        assert out.choices[0].finish_reason in ("length", "stop")
+        assert isinstance(out.choices[0].message.content, str)
+        assert out.usage.completion_tokens >= 1
+        # default retain_ratio 0.1: the video takes budget(8, 0.1) + 1 tokens
+        assert out.usage.prompt_tokens > video_token_budget(FRAMES, 0.1) + 1
+        assert out.usage.prompt_tokens < 196 * FRAMES
+
+
+def test_video_chat_streaming(served):
+    client = served.client()
+    stream = client.chat.completions.create(
+        model=served.model, max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": video_content(data_url(served.video))}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and
+              c.choices[0].finish_reason]
+    assert finish in (["length"], ["stop"])
+    assert isinstance(text, str)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    plain = client.chat.completions.create(
+        model=served.model, max_tokens=1, temperature=0,
+        messages=[{"role": "user", "content": video_content(data_url(served.video))}])
+    assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_retain_ratio_changes_prompt_tokens_as_the_budget_predicts(served):
+    client = served.client()
+    content = video_content(f"file://{served.video}")
+    p = {r: prompt_tokens(client, served.model, content, retain_ratio=r)
+         for r in (0.1, 0.15, 0.5)}
+    full = prompt_tokens(client, served.model, content, enabled=False)
+    for r1, r2 in ((0.1, 0.5), (0.15, 0.5), (0.1, 0.15)):
+        assert p[r2] - p[r1] == (video_token_budget(FRAMES, r2)
+                                 - video_token_budget(FRAMES, r1)), (r1, r2, p)
+    assert full - p[0.1] == 196 * FRAMES - video_token_budget(FRAMES, 0.1)
+    assert prompt_tokens(client, served.model, content) == p[0.1]  # server default 0.1
+
+
+def test_frames_as_video_is_compressed_as_one_video(served):
+    client = served.client()
+    n = 6
+    frames = [{"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(
+            png_bytes((i * 40, 255 - i * 40, 90), (96, 64))).decode()}} for i in range(n)]
+    content = [*frames, {"type": "text", "text": "Describe the video."}]
+    a = prompt_tokens(client, served.model, content, frames_as_video=True, retain_ratio=0.1)
+    b = prompt_tokens(client, served.model, content, frames_as_video=True, retain_ratio=0.5)
+    assert b - a == video_token_budget(n, 0.5) - video_token_budget(n, 0.1)
+    # the same as an mp4 of 6 frames with the same text
+    clip = write_mp4(served.media_dir / "six.mp4", frames=n, size=(96, 64))
+    c = prompt_tokens(client, served.model, video_content(f"file://{clip}"), retain_ratio=0.1)
+    assert a == c
+
+
+def test_bad_input_is_rejected_and_the_engine_keeps_serving(served, tmp_path):
+    client = served.client()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(served.video.read_bytes()[:-300])
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=served.model, max_tokens=1, messages=[
+            {"role": "user", "content": video_content(data_url(broken))}])
+    assert err.value.body["code"] == "invalid_video"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=served.model, max_tokens=1, messages=[
+            {"role": "user", "content": video_content(data_url(served.video))}],
+            extra_body={"earlytom": {"retain_ratio": 0}})
+    assert err.value.body["param"] == "earlytom.retain_ratio"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", max_tokens=1, messages=[
+            {"role": "user", "content": "hi"}])
+    out = client.chat.completions.create(model=served.model, max_tokens=1, messages=[
+        {"role": "user", "content": video_content(data_url(served.video))}])
+    assert out.usage.prompt_tokens > 0
+
+
+def test_client_disconnect_aborts_the_request_in_vllm(served):
+    def backend_metric(name: str) -> float:
+        r = httpx.get(f"{served.backend_url}/metrics", timeout=10)
+        return sum(float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
+                   if line.startswith(name + "{"))
+
+    generated = backend_metric("vllm:generation_tokens_total")
+    body = {"model": served.model, "stream": True, "max_tokens": 4000, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count to one thousand."}]}
+    chunks = 0
+    with httpx.Client(base_url=served.url, timeout=60) as c, \
+            c.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            chunks += line.startswith("data: {")
+            if chunks == 20:  # decoding at full speed
+                break
+    # the front end closed its upstream stream: vLLM stops the request ...
+    assert wait_for(lambda: backend_metric("vllm:num_requests_running") == 0, timeout=30)
+    time.sleep(1.0)
+    stopped_at = backend_metric("vllm:generation_tokens_total")
+    time.sleep(2.0)
+    # ... and generates nothing more (it was far from its 4000 tokens)
+    assert backend_metric("vllm:generation_tokens_total") == stopped_at
+    assert stopped_at - generated < 4000
+
+
+# -- auth ---------------------------------------------------------------------------------------------
+
+
+def test_auth_off_and_on(served, tmp_path):
+    # off: the module's server takes requests without a key
+    assert served.client(api_key="anything").models.list().data[0].id == served.model
+    # on: a second front end in proxy mode (--backend) with a key, in front of the first one
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_serve(["--port", str(port), "--backend", served.url, "--api-key", "t0ken",
+                        "--health-interval", "0.5"], tmp_path / "proxy.log", url, timeout=120)
+    try:
+        content = video_content(data_url(served.video))
+        for key in ("wrong", "t0ke", "t0ken0"):
+            bad = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+            with pytest.raises(openai.AuthenticationError):
+                bad.chat.completions.create(model=served.model, max_tokens=1, messages=[
+                    {"role": "user", "content": content}])
+        assert httpx.post(f"{url}/v1/chat/completions", json={"messages": [
+            {"role": "user", "content": "hi"}]}).status_code == 401
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="t0ken", max_retries=0)
+        out = good.chat.completions.create(model=served.model, max_tokens=1, messages=[
+            {"role": "user", "content": content}], extra_body={"earlytom": {"retain_ratio": 0.5}})
+        direct = prompt_tokens(served.client(), served.model, content, retain_ratio=0.5)
+        assert out.usage.prompt_tokens == direct
+        assert httpx.get(f"{url}/health").status_code == 200  # open unless configured
+    finally:
+        stop_serve(proc)
+
+
+# -- metrics ------------------------------------------------------------------------------------------
+
+
+def test_metrics_count_visual_tokens(served):
+    def value(text: str, name: str, method: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'method="{method}"' in line and \
+                    f'model="{served.model}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = httpx.get(f"{served.url}/metrics").text
+    prompt_tokens(served.client(), served.model, video_content(f"file://{served.video}"),
+                  retain_ratio=0.25)
+    after = httpx.get(f"{served.url}/metrics").text
+    d_before = value(after, "earlytom_visual_tokens_before_total", "earlytom") - \
+        value(before, "earlytom_visual_tokens_before_total", "earlytom")
+    d_after = value(after, "earlytom_visual_tokens_after_total", "earlytom") - \
+        value(before, "earlytom_visual_tokens_after_total", "earlytom")
+    assert d_before == 196 * FRAMES + 1
+    assert d_after == video_token_budget(FRAMES, 0.25) + 1
+
+
+def test_prometheus_scrapes_ttft(served, tmp_path):
+    if not Path(PROMETHEUS).exists():
+        pytest.skip("prometheus is not installed (scripts/install_prometheus.sh)")
+    port = free_port()
+    target = served.url.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: earlytom\n    metrics_path: /metrics\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    prom = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        def scraped() -> bool:
+            r = _get(f"{api}/query", params={"query": 'up{job="earlytom"}'})
+            result = r.json()["data"]["result"] if r is not None and r.status_code == 200 else []
+            return bool(result) and result[0]["value"][1] == "1"
+
+        assert wait_for(scraped, timeout=60), "prometheus never scraped the front end"
+        client = served.client()
+        for i in range(4):
+            stream = client.chat.completions.create(
+                model=served.model, max_tokens=4, stream=True, temperature=0,
+                messages=[{"role": "user", "content": video_content(
+                    f"file://{served.video}", f"Describe the video ({i}).")}])
+            list(stream)
+            time.sleep(0.5)
+        result: list = []
+
+        def p50() -> bool:
+            r = _get(f"{api}/query", params={"query": TTFT_P50})
+            if r is None or r.status_code != 200:
+                return False
+            result[:] = r.json()["data"]["result"]
+            return bool(result) and result[0]["value"][1] not in ("NaN", "+Inf", "-Inf")
+
+        assert wait_for(p50, timeout=30), f"no TTFT p50 from prometheus: {result}"
+        ttft = float(result[0]["value"][1])
+        assert 0 < ttft < 60
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+
+
+# -- faults -------------------------------------------------------------------------------------------
+
+
+def test_backend_killed_mid_stream_is_reported_and_restarted(served):
+    """SIGKILL the vLLM API server during a stream: the client gets an SSE error, /health turns
+    503, the supervisor restarts vLLM (no leftover engine processes) and serving resumes."""
+    old_pid = httpx.get(f"{served.url}/health").json()["supervisor"]["pid"]
+    body = {"model": served.model, "stream": True, "max_tokens": 4000, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count to one thousand."}]}
+    events: list[str] = []
+    with httpx.Client(base_url=served.url, timeout=60) as c, \
+            c.stream("POST", "/v1/chat/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 3:
+                    os.kill(old_pid, signal.SIGKILL)
+    assert events[-1] == "[DONE]"
+    assert '"error"' in events[-2]
+    assert httpx.get(f"{served.url}/health").status_code == 503
+    assert wait_for(lambda: not pid_alive(old_pid), timeout=10)
+
+    def restarted() -> bool:
+        r = _get(f"{served.url}/health")
+        return r is not None and r.status_code == 200
+
+    assert wait_for(restarted, timeout=300), served.log_tail()
+    sup = httpx.get(f"{served.url}/health").json()["supervisor"]
+    assert sup["restarts"] == 1 and sup["pid"] != old_pid
+    assert not any(_in_group(old_pid))  # the old engine core / workers are gone
+    out = served.client().chat.completions.create(
+        model=served.model, max_tokens=1,
+        messages=[{"role": "user", "content": video_content(f"file://{served.video}")}])
+    assert out.usage.prompt_tokens > 0
+
+
+def _in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().split(")")[-1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+# -- shutdown (last: stops the module's server) --------------------------------------------------------
+
+
+def test_ctrl_c_stops_the_backend_without_orphans(served):
+    backend_pid = httpx.get(f"{served.url}/health").json()["supervisor"]["pid"]
+    assert pid_alive(backend_pid)
+    t0 = time.monotonic()
+    code = stop_serve(served.proc, signal.SIGINT, timeout=60)
+    assert code in (0, 130), served.log_tail()
+    assert time.monotonic() - t0 < 45
+    assert wait_for(lambda: not pid_alive(backend_pid), timeout=10)
+    # nothing left in the backend's process group (API server, engine core, workers)
+    assert wait_for(lambda: _in_group(backend_pid) == [], timeout=10), served.log_tail()

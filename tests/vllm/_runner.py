@@ -1,0 +1,58 @@
+"""Run a batch of requests in a fresh process (another engine, or tensor parallelism).
+
+Usage: python _runner.py JOB.json OUT.json. The job names the checkpoint, hf_overrides,
+tensor_parallel_size and requests (video given by a synthetic generator name and arguments).
+Output: per request the prompt length, the first token's top log-probs, and (EarlyTom models)
+the kept indices of the last video from every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _trace(model):
+    last = getattr(model, "earlytom_last", None)
+    return None if last is None else {"index": last.get("index"),
+                                      "frames_per_layer": last.get("frames_per_layer")}
+
+
+def main() -> None:
+    with open(sys.argv[1]) as fh:
+        job = json.load(fh)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from vllm import LLM, SamplingParams
+
+    from earlytom_vllm import synthetic
+
+    kwargs = dict(model=job["model"], enforce_eager=True, dtype="float32", max_model_len=8192,
+                  limit_mm_per_prompt={"video": 2, "image": 1}, seed=0,
+                  tensor_parallel_size=job.get("tensor_parallel_size", 1))
+    if job.get("hf_overrides"):
+        kwargs["hf_overrides"] = job["hf_overrides"]
+    llm = LLM(**kwargs)
+    sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=5)
+    results = []
+    for req in job["requests"]:
+        videos = [getattr(synthetic, v["kind"])(**v["args"]) for v in req["videos"]]
+        item = {"prompt": req["prompt"],
+                "multi_modal_data": {"video": videos[0] if len(videos) == 1 else videos}}
+        if req.get("mm_processor_kwargs"):
+            item["mm_processor_kwargs"] = req["mm_processor_kwargs"]
+        out = llm.generate(item, sp, use_tqdm=False)[0]
+        lp = out.outputs[0].logprobs[0]
+        traces = (llm.apply_model(_trace) if job.get("trace") else None)
+        results.append({
+            "prompt_len": len(out.prompt_token_ids),
+            "logprobs": {str(k): v.logprob for k, v in lp.items()},
+            "traces": traces,
+        })
+    with open(sys.argv[2], "w") as fh:
+        json.dump(results, fh)
+
+
+if __name__ == "__main__":
+    main()
