@@ -8,6 +8,7 @@ value raises a ``ValueError`` that names the field.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class EarlyTomConfig:
         if len(layers) == 0:
             raise ValueError("prune_layers must name at least one layer")
         checked = tuple(_check_int("prune_layers", v, 0) for v in layers)
-        if any(b <= a for a, b in zip(checked, checked[1:])):
+        if any(b <= a for a, b in itertools.pairwise(checked)):
             raise ValueError(
                 f"prune_layers must be strictly increasing (sorted, no duplicates), got {list(layers)}"
             )

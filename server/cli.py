@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 1]")
     g.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
                    help="let vLLM compile (slower start) [EARLYTOM_ENFORCE_EAGER]")
+    g.add_argument("--dtype", dest="dtype",
+                   help="vLLM --dtype; auto = float32 without CUDA, the checkpoint's dtype on a "
+                   "GPU [EARLYTOM_DTYPE, default auto]")
     g.add_argument("--no-earlytom-arch", dest="earlytom_arch", action="store_false",
                    help="serve the stock architecture (debugging only) [EARLYTOM_EARLYTOM_ARCH]")
     g.add_argument("--backend-arg", dest="backend_args", action="append", metavar="ARG",

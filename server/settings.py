@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     omp_threads_bind: str = "nobind"
     """VLLM_CPU_OMP_THREADS_BIND for a CPU backend (ignored if already set in the environment)."""
     enforce_eager: bool = True
+    dtype: str = "auto"
+    """vLLM --dtype. "auto" means float32 on a machine without CUDA (vLLM's CPU platform would
+    pick bfloat16, which is much slower on CPUs without AMX and changes the tiny model's outputs),
+    and the checkpoint's own dtype on a GPU."""
     earlytom_arch: bool = True
     """Select the EarlyTom architecture with --hf-overrides (False: stock model, debugging only)."""
     backend_args: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -66,6 +66,18 @@ def hf_overrides(settings: Settings) -> dict[str, Any] | None:
     return {"architectures": [ARCHITECTURE], "earlytom": earlytom}
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` -> ``float32`` without CUDA (see ``Settings.dtype``), else unchanged."""
+    if dtype != "auto":
+        return dtype
+    try:
+        import torch
+
+        return "auto" if torch.cuda.is_available() else "float32"
+    except ImportError:  # pragma: no cover - torch comes with vLLM
+        return "auto"
+
+
 def build_vllm_command(
     settings: Settings,
     *,
@@ -96,6 +108,7 @@ def build_vllm_command(
         cmd += ["--max-model-len", str(settings.max_model_len)]
     if settings.enforce_eager:
         cmd.append("--enforce-eager")
+    cmd += ["--dtype", resolve_dtype(settings.dtype)]
     cmd += list(settings.backend_args)
     return cmd
 

@@ -117,32 +117,33 @@ class VideoCompression:
     frames_per_layer: list[int]
     frames_out: int  # T'
     groups: Groups | None
+    encoder_seconds: float = 0.0  # filled only when compress_video gets a clock
+    tokens_seconds: float = 0.0  # projector + pooling + selection
 
 
-def compress_video(embeddings: torch.Tensor, tower: VisionTower,
-                   config: EarlyTomConfig) -> VideoCompression:
+def compress_video(embeddings: torch.Tensor, tower: VisionTower, config: EarlyTomConfig,
+                   *, clock: Callable[[], float] | None = None) -> VideoCompression:
     """Encode one video ``[T, grid*grid, C]`` and keep ``video_token_budget(T, r)`` tokens.
 
     ``config.method`` picks EarlyTom or a same-budget baseline; when nothing is compressed
     (``enabled=False``, ``method="none"`` or ``retain_ratio=1``) all ``T * 196`` tokens return.
+    ``clock`` (e.g. ``time.perf_counter`` after a device sync) times the encoder and the token
+    processing (projector, pooling, selection) separately, for benchmarks.
     """
     if embeddings.ndim != 3:
         raise ValueError(f"embeddings must be [T, N, C], got {tuple(embeddings.shape)}")
     t = embeddings.shape[0]
     n_layers = tower.num_layers
+    method = config.method if config.compresses else "none"
+    budget = video_token_budget(t, config.retain_ratio, TOKENS_PER_FRAME) if config.compresses \
+        else t * TOKENS_PER_FRAME
+    t0 = clock() if clock else 0.0
 
     def with_received(i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return tower.layer_with_received(i, h, config.attention_chunk_frames)
 
-    if not config.compresses:
-        run = run_encoder(embeddings, tower.layer, n_layers)
-        pooled = tower.project_and_pool(run.hidden)  # [T, 196, D]
-        tokens = pooled.reshape(-1, pooled.shape[-1])  # [T, 196, D] -> [T*196, D]
-        index = torch.arange(tokens.shape[0], device=tokens.device)
-        return VideoCompression(tokens, index, tokens.shape[0], run.frames_per_layer, t, None)
-
-    budget = video_token_budget(t, config.retain_ratio, TOKENS_PER_FRAME)
-    if config.method == "earlytom":
+    # Stage 1: the encoder (with Stage I inside it for EarlyTom).
+    if method == "earlytom":
         run = run_encoder(
             embeddings, tower.layer, n_layers,
             run_layer_with_received=with_received,
@@ -150,24 +151,32 @@ def compress_video(embeddings: torch.Tensor, tower: VisionTower,
             ema=config.ema, min_frames=min_frames_for_budget(budget, TOKENS_PER_FRAME),
             keep_last_middle=config.keep_last_middle,
         )
-        assert run.received is not None and run.groups is not None
-        pooled = tower.project_and_pool(run.hidden)  # [T', 196, D]
-        rec = pool_received(run.received, grid=tower.grid)  # [T', 729] -> [T', 196]
-        tokens, index = select_tokens(pooled, rec, run.groups, budget)
-    elif config.method == "post_encoder":
+    elif method == "post_encoder":
         run = run_encoder(embeddings, tower.layer, n_layers, run_layer_with_received=with_received,
                           received_layer=n_layers - 1)
-        assert run.received is not None
-        pooled = tower.project_and_pool(run.hidden)  # [T, 196, D]
-        rec = pool_received(run.received, grid=tower.grid)
-        tokens, index = post_encoder_select(pooled, rec, budget)
-    elif config.method == "evs":
+    elif method in ("evs", "none"):
         run = run_encoder(embeddings, tower.layer, n_layers)
-        pooled = tower.project_and_pool(run.hidden)  # [T, 196, D]
-        tokens, index = evs_select(pooled, budget)
     else:  # pragma: no cover - EarlyTomConfig validates method
         raise ValueError(f"method {config.method!r} is not supported")
+    t1 = clock() if clock else 0.0
+
+    # Stage 2: projector + pooling, then the same-budget selection.
+    pooled = tower.project_and_pool(run.hidden)  # [T', 729, C] -> [T', 196, D]
+    if method == "none":
+        tokens = pooled.reshape(-1, pooled.shape[-1])  # [T, 196, D] -> [T*196, D]
+        index = torch.arange(tokens.shape[0], device=tokens.device)
+    elif method == "evs":
+        tokens, index = evs_select(pooled, budget)
+    else:
+        assert run.received is not None
+        rec = pool_received(run.received, grid=tower.grid)  # [T', 729] -> [T', 196]
+        if method == "earlytom":
+            assert run.groups is not None
+            tokens, index = select_tokens(pooled, rec, run.groups, budget)
+        else:
+            tokens, index = post_encoder_select(pooled, rec, budget)
+    t2 = clock() if clock else 0.0
     if tokens.shape[0] != budget:
         raise AssertionError(f"compressed video has {tokens.shape[0]} rows, budget is {budget}")
     return VideoCompression(tokens, index, budget, run.frames_per_layer, run.hidden.shape[0],
-                            run.groups)
+                            run.groups, encoder_seconds=t1 - t0, tokens_seconds=t2 - t1)

@@ -8,6 +8,7 @@ A thin subclass: it drives vLLM's own SigLIP modules layer by layer through the 
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from vllm.config import VllmConfig
@@ -133,15 +134,32 @@ class EarlyTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditiona
         if pixels.shape[0] != plan.num_frames:
             raise AssertionError(f"plan for {plan.num_frames} frames, video has {pixels.shape[0]}")
         newline = self.image_newline[None, :]  # [D] -> [1, D]
+
+        def clock() -> float:  # benchmark timings; one device sync per stage, per video
+            if pixels.is_cuda:
+                torch.cuda.synchronize(pixels.device)
+            return time.perf_counter()
+
         if not plan.config.compresses:
-            feats = self._video_pixels_to_features(self.vision_tower, pixels)  # [F, 196, D]
+            # The stock video path, op for op (split in two only to time it).
+            t0 = clock()
+            hidden = self.vision_tower(
+                pixels, feature_select_strategy=self.config.vision_feature_select_strategy)
+            t1 = clock()
+            feats = self.apply_pooling(self.multi_modal_projector(hidden))  # [F, 196, D]
             feats = feats.reshape(-1, feats.shape[-1])  # [F, 196, D] -> [F*196, D]
-            self._record([plan.num_frames] * len(self.earlytom_layer_frames), plan, None)
+            t2 = clock()
+            self._record([plan.num_frames] * len(self.earlytom_layer_frames), plan, None,
+                         (t1 - t0, t2 - t1))
         else:
             tower = VllmSiglipTower(self)
-            result = compress_video(tower.embed(pixels), tower, plan.config)
+            t0 = clock()
+            result = compress_video(tower.embed(pixels), tower, plan.config, clock=clock)
             feats = result.tokens  # [budget, D]
-            self._record(result.frames_per_layer, plan, result)
+            total = clock() - t0
+            # Encoder = patch embedding + layers (+ Stage I); the rest is token processing.
+            self._record(result.frames_per_layer, plan, result,
+                         (total - result.tokens_seconds, result.tokens_seconds))
         out = torch.cat((feats, newline.to(feats.dtype)), dim=0)  # [budget+1, D]
         if out.shape[0] != plan.rows:
             raise AssertionError(
@@ -149,7 +167,8 @@ class EarlyTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditiona
             )
         return out
 
-    def _record(self, frames_per_layer: list[int], plan: VideoPlan, result) -> None:
+    def _record(self, frames_per_layer: list[int], plan: VideoPlan, result,
+                seconds: tuple[float, float]) -> None:
         self.earlytom_videos += 1
         for i, f in enumerate(frames_per_layer):
             self.earlytom_layer_frames[i] += f
@@ -159,6 +178,8 @@ class EarlyTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditiona
             "method": plan.config.method if plan.config.compresses else "none",
             "index": None if result is None else result.index.cpu().tolist(),
             "groups": None if result is None else result.groups,
+            "encoder_seconds": seconds[0],  # patch embedding + encoder layers (+ Stage I)
+            "tokens_seconds": seconds[1],  # projector + pooling + selection
         }
         logger.debug("earlytom video: %d frames, %d rows, frames per layer %s",
                      plan.num_frames, plan.rows, frames_per_layer)

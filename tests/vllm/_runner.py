@@ -13,12 +13,6 @@ import os
 import sys
 
 
-def _trace(model):
-    last = getattr(model, "earlytom_last", None)
-    return None if last is None else {"index": last.get("index"),
-                                      "frames_per_layer": last.get("frames_per_layer")}
-
-
 def main() -> None:
     with open(sys.argv[1]) as fh:
         job = json.load(fh)
@@ -27,6 +21,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     from earlytom_vllm import synthetic
+    from earlytom_vllm.vllm.observe import last_trace
 
     kwargs = dict(model=job["model"], enforce_eager=True, dtype="float32", max_model_len=8192,
                   limit_mm_per_prompt={"video": 2, "image": 1}, seed=0,
@@ -44,7 +39,7 @@ def main() -> None:
             item["mm_processor_kwargs"] = req["mm_processor_kwargs"]
         out = llm.generate(item, sp, use_tqdm=False)[0]
         lp = out.outputs[0].logprobs[0]
-        traces = (llm.apply_model(_trace) if job.get("trace") else None)
+        traces = (llm.apply_model(last_trace) if job.get("trace") else None)
         results.append({
             "prompt_len": len(out.prompt_token_ids),
             "logprobs": {str(k): v.logprob for k, v in lp.items()},

@@ -42,7 +42,9 @@ def generate(llm, prompt, videos=None, images=None, kwargs=None, params=GREEDY):
 
 
 def last_trace(llm):
-    return llm.apply_model(lambda m: dict(m.earlytom_last))[0]
+    from earlytom_vllm.vllm.observe import last_trace as trace
+
+    return llm.apply_model(trace)[0]
 
 
 def test_plugin_registers_architecture_idempotently():

@@ -1,0 +1,48 @@
+# The README's two set-up commands:
+#   make serve   install everything into .venv, then serve the embedded tiny checkpoint
+#   make test    install everything (venv, Prometheus for the deploy tests), then run the tests
+.PHONY: serve test test-fast test-engine lint bench-flops bench-overhead bench-ttft bench-throughput \
+        demo venv prometheus clean
+
+PY := .venv/bin/python
+
+venv:
+	bash scripts/bootstrap.sh
+
+prometheus:
+	bash scripts/install_prometheus.sh
+
+serve: venv
+	.venv/bin/earlytom-serve $(ARGS)
+
+demo: venv
+	.venv/bin/earlytom-demo
+
+# Two pytest processes: the in-process vLLM engine pins torch's thread count for the rest of
+# its process, so the engine tests run after (and apart from) the pure-Python ones.
+test: venv prometheus
+	bash scripts/run_tests.sh
+
+test-fast: venv
+	$(PY) -m pytest -m "not engine" -q
+
+test-engine: venv prometheus
+	$(PY) -m pytest -m engine -q
+
+lint: venv
+	.venv/bin/ruff check .
+
+bench-flops: venv
+	$(PY) -m benchmarks.flops
+
+bench-overhead: venv
+	$(PY) -m benchmarks.compress_overhead
+
+bench-ttft: venv
+	$(PY) -m benchmarks.ttft
+
+bench-throughput: venv
+	$(PY) -m benchmarks.throughput
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache build *.egg-info
