@@ -17,7 +17,7 @@ from earlytom_vllm.core.encoder import (
     run_encoder,
 )
 from earlytom_vllm.core.selection import dynamic_mask, select_tokens
-from earlytom_vllm.core.temporal import merge_frames, segment_frames, similarity_band
+from earlytom_vllm.core.temporal import merge_frames, segment_frames, similarity_band, stage1
 
 __all__ = [
     "TOKENS_PER_FRAME",
@@ -38,6 +38,7 @@ __all__ = [
     "segment_frames",
     "select_tokens",
     "similarity_band",
+    "stage1",
     "tokens_per_frame_kept",
     "video_token_budget",
 ]

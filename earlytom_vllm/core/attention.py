@@ -59,7 +59,8 @@ def attention_with_received(
     for s in range(0, t, chunk):  # over frame chunks, not frames; no host sync
         e = min(s + chunk, t)
         # [c, H, N, d] @ [c, H, d, N] -> [c, H, N, N] (queries x keys), softmax in float32+
-        logits = torch.matmul(q[s:e].to(acc), k[s:e].to(acc).transpose(-1, -2)) * scale
+        # scaling q ([c,H,N,d]) is cheaper than scaling the [c,H,N,N] logits
+        logits = torch.matmul(q[s:e].to(acc) * scale, k[s:e].to(acc).transpose(-1, -2))
         probs = torch.softmax(logits, dim=-1)
         # [c, H, N, N] @ [c, H, N, d] -> [c, H, N, d]
         out[s:e] = torch.matmul(probs, v[s:e].to(acc)).to(v.dtype)
@@ -83,7 +84,7 @@ def received_attention(
         e = min(s + chunk, t)
         # [c, H, N, d] @ [c, H, d, N] -> [c, H, N, N]
         probs = torch.softmax(
-            torch.matmul(q[s:e].to(acc), k[s:e].to(acc).transpose(-1, -2)) * scale, dim=-1
+            torch.matmul(q[s:e].to(acc) * scale, k[s:e].to(acc).transpose(-1, -2)), dim=-1
         )
         received[s:e] = probs.sum(dim=(1, 2))  # [c, H, N, N] -> [c, N]
     return received / (h * n)

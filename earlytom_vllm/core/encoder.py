@@ -22,7 +22,7 @@ from earlytom_vllm.core.budget import (
     video_token_budget,
 )
 from earlytom_vllm.core.selection import select_tokens
-from earlytom_vllm.core.temporal import Groups, merge_frames, segment_frames
+from earlytom_vllm.core.temporal import Groups, stage1
 
 LayerFn = Callable[[int, torch.Tensor], torch.Tensor]
 LayerWithReceivedFn = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -82,12 +82,12 @@ def run_encoder(
             hidden, received = run_layer_with_received(i, hidden)  # [F,N,C], [F,N]
         else:
             hidden = run_layer(i, hidden)
-        if i in prune:
-            segs = segment_frames(hidden, tau, max_window, ema)
-            hidden, received = merge_frames(hidden, segs, received, min_frames=min_frames,
-                                            keep_last_middle=keep_last_middle)
-            if i == prune_layers[-1]:
-                groups = segment_frames(hidden, tau, max_window, ema)  # refinement, no merging
+        if i in prune:  # segment, merge, and after the last prune layer refine the groups
+            hidden, received, refined = stage1(
+                hidden, received, tau=tau, max_window=max_window, ema=ema,
+                min_frames=min_frames, keep_last_middle=keep_last_middle,
+                refine=i == prune_layers[-1])
+            groups = refined if refined is not None else groups
     return EncoderRun(hidden=hidden, received=received, groups=groups, frames_per_layer=frames)
 
 

@@ -48,8 +48,9 @@ def similarity_band(hidden: torch.Tensor, max_offset: int) -> list[list[float]]:
     unit = torch.nn.functional.normalize(hidden.to(_decision_dtype(hidden.dtype)), dim=-1)
     rows = []
     for o in range(1, max_offset + 1):  # at most max_window - 1 offsets, never per frame
-        # [T-o, N, D] . [T-o, N, D] -> [T-o, N] -> [T-o]
-        rows.append(torch.linalg.vecdot(unit[:-o], unit[o:]).mean(dim=-1))
+        # [T-o, N, D] . [T-o, N, D] -> [T-o]: one batched contraction over N and D (no
+        # elementwise product is materialised), then the mean over the N positions.
+        rows.append(torch.einsum("tnd,tnd->t", unit[:-o], unit[o:]) / unit.shape[1])
     flat = torch.cat(rows).cpu().tolist()  # the one host sync
     band: list[list[float]] = [[]]
     pos = 0
@@ -210,6 +211,36 @@ def apply_plan(x: torch.Tensor, plan: MergePlan) -> torch.Tensor:
         mixed = w * a.to(ct) + (1.0 - w) * b.to(ct)
         out.index_copy_(0, rows, mixed.to(x.dtype))
     return out
+
+
+def stage1(
+    hidden: torch.Tensor,
+    received: torch.Tensor | None,
+    *,
+    tau: float,
+    max_window: int,
+    ema: float,
+    min_frames: int = 1,
+    keep_last_middle: bool = False,
+    refine: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, Groups | None]:
+    """Stage I at one prune layer: :func:`segment_frames` then :func:`merge_frames`, sharing one
+    similarity band (segments hold at most ``max_window - 1`` frames, so the offsets segmentation
+    needs cover the merge's too). With ``refine``, the surviving frames are segmented once more.
+
+    Returns ``(hidden [T', N, D], received [T', N] | None, refined groups | None)``.
+    """
+    _check_video("hidden", hidden)
+    _check_segment_args(tau, max_window, ema)
+    t = hidden.shape[0]
+    band = similarity_band(hidden, max_window - 1)
+    groups = _segment_from_band(band, t, float(tau), max_window, float(ema))
+    if max(b - a + 1 for a, b in groups) >= 4 and min_frames < t:
+        plan = plan_merge(band, groups, min_frames=min_frames, keep_last_middle=keep_last_middle)
+        hidden = apply_plan(hidden, plan)
+        received = None if received is None else apply_plan(received, plan)
+    refined = segment_frames(hidden, tau, max_window, ema) if refine else None
+    return hidden, received, refined
 
 
 def merge_frames(
