@@ -1,0 +1,109 @@
+"""benchmarks/ttft.py: a ``--quick`` run in a subprocess (tiny checkpoint, 8 frames, 1 run, every
+method, one extra EarlyTom setting). Structure and accounting only; no timed assertion: this
+machine's timings say nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from earlytom_vllm.core.budget import video_token_budget  # noqa: E402
+
+pytestmark = pytest.mark.engine
+
+FRAMES = 8
+RATIOS = (0.25, 0.10)
+METHODS = ("none", "post_encoder", "evs", "earlytom")
+PARTS = ("frontend", "vision", "tokens", "prefill")
+TOL = 0.005  # seconds: rounding between the engine's clocks and the model's
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ttft")
+    js, png = out / "ttft.json", out / "ttft.png"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ttft", "--quick", "--videos", "scene",
+         "--extra-prune-layers", "4,14,24", "--json", str(js), "--plot", str(png),
+         "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert png.stat().st_size > 1000
+    return json.loads(js.read_text())
+
+
+def test_structure(report):
+    for key in ("benchmark", "config", "machine", "load_average", "videos", "targets",
+                "targets_met", "paper"):
+        assert key in report
+    cfg = report["config"]
+    assert cfg["quick"] and cfg["frames"] == FRAMES and cfg["runs"] == 1
+    assert cfg["ratios"] == list(RATIOS) and cfg["methods"] == list(METHODS)
+    m = report["machine"]
+    for key in ("torch", "vllm", "cpu_model", "logical_cpus"):
+        assert m[key]
+    assert report["load_average"]["start"] is not None
+    assert set(report["videos"]) == {"scene"}
+    cells = report["videos"]["scene"]["cells"]
+    expected = {"none"} | {f"{m}@{r:.2f}" for r in RATIOS for m in METHODS if m != "none"} \
+        | {f"earlytom[4,14,24]@{r:.2f}" for r in RATIOS}
+    assert set(cells) == expected
+    for t in report["targets"]:
+        assert isinstance(t["met"], bool) and t["measured_from_medians"] > 0
+        assert t["met"] or t["reason"]
+    assert {t["name"] for t in report["targets"]} >= {
+        "earlytom@0.10 vs none", "earlytom@0.10 vs post_encoder", "earlytom@0.10 vs evs"}
+
+
+def test_prompt_tokens_are_text_plus_budget_plus_newline(report):
+    text = report["config"]["text_tokens"]
+    assert text > 0
+    for label, c in report["videos"]["scene"]["cells"].items():
+        if c["method"] == "none":
+            want = text + FRAMES * 196 + 1
+        else:
+            want = text + video_token_budget(FRAMES, c["ratio"]) + 1
+        assert c["prompt_tokens"] == want, label
+        assert c["expected_prompt_tokens"] == want and c["prompt_tokens_ok"], label
+        assert all(s["rows"] == want - text for s in c["samples"]), label
+
+
+def test_timings_positive_and_breakdown_within_ttft(report):
+    for label, c in report["videos"]["scene"]["cells"].items():
+        assert len(c["samples"]) == 1, label
+        for s in c["samples"]:
+            assert s["ttft"] > 0 and s["wall"] > 0 and s["vision"] > 0 and s["tokens"] > 0
+            assert s["prefill"] > 0 and s["frontend"] >= 0, label
+            assert sum(s[p] for p in PARTS) <= s["ttft"] + TOL, label
+            assert s["vision"] + s["tokens"] <= s["ttft"] + TOL, label
+            assert len(s["frames_per_layer"]) == 26
+        b = c["breakdown_median_seconds"]
+        assert sum(b.values()) <= c["summary_seconds"]["ttft"]["median"] + TOL, label
+
+
+def test_frames_and_speedups(report):
+    v = report["videos"]["scene"]
+    for label, c in v["cells"].items():
+        fpl = c["frames"]["frames_per_layer_median"]
+        if c["method"] == "earlytom":
+            assert fpl[0] == FRAMES and fpl[-1] <= FRAMES, label
+            assert set(c["frames"]["frames_after_prune_layer"]) == {
+                str(p) for p in c["prune_layers"]}
+        else:
+            assert fpl == [FRAMES] * 26, label
+    sp = v["speedups"]["earlytom@0.10"]
+    for base in ("none", "post_encoder", "evs"):
+        assert sp[f"vs_{base}"]["from_medians"] > 0
+    share = v["vision_share_none"]
+    assert 0 < share["vision_encoding_share"] < 1
