@@ -48,9 +48,10 @@ def similarity_band(hidden: torch.Tensor, max_offset: int) -> list[list[float]]:
     unit = torch.nn.functional.normalize(hidden.to(_decision_dtype(hidden.dtype)), dim=-1)
     rows = []
     for o in range(1, max_offset + 1):  # at most max_window - 1 offsets, never per frame
-        # [T-o, N, D] . [T-o, N, D] -> [T-o]: one batched contraction over N and D (no
-        # elementwise product is materialised), then the mean over the N positions.
-        rows.append(torch.einsum("tnd,tnd->t", unit[:-o], unit[o:]) / unit.shape[1])
+        # [T-o, N, D] . [T-o, N, D] -> [T-o, N] -> [T-o]. einsum "->tn" is a batched matmul
+        # (no elementwise product materialised): ~2x faster than vecdot here, and ~10x faster
+        # than contracting N as well ("->t"), which takes a slow reduction path on CPU.
+        rows.append(torch.einsum("tnd,tnd->tn", unit[:-o], unit[o:]).mean(dim=-1))
     flat = torch.cat(rows).cpu().tolist()  # the one host sync
     band: list[list[float]] = [[]]
     pos = 0
