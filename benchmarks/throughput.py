@@ -32,8 +32,12 @@ Load and measurement
       that rotates with the level; a cell is split over up to ``--rounds`` rounds (never fewer
       requests per round than its concurrency) whose order alternates (ABCD, DCBA). Drift in the
       machine's load (other jobs) then hits all methods alike, so the RATIOS within this run are
-      what to read; absolute numbers depend on whatever else the machine was doing (``loadavg``
-      is recorded per batch and per cell).
+      what to read; absolute numbers depend on whatever else the machine was doing. Recorded per
+      batch: ``os.getloadavg()`` before and after, and from ``/proc`` the CPU cores the whole
+      machine used, the cores this benchmark used (client + the spawned server and all its
+      descendants) and the difference, ``foreign_cores``: what other jobs took. Per cell the
+      wall-weighted ``foreign_cores`` (the "other" column) tells a load artefact from a real
+      difference.
     * Warm-up: ``--warmup`` requests per method (own videos) before anything is timed.
 
 The default CPU run (2 cores, float32; ~10-15 min including ~1 min of server start-up, longer if
@@ -179,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=str(DEFAULT_PLOT), help="PNG path ('' to skip)")
     p.add_argument("--server-log", type=Path, help="where the spawned server logs "
                    "(default: a temporary file, its tail printed on failure)")
+    p.add_argument("--note", action="append", default=[], help="free text stored in the JSON "
+                   "(repeatable), e.g. what else ran on the machine")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -594,6 +600,74 @@ def targets(cells: dict[tuple[str, int], dict[str, Any]], levels: Sequence[int],
 
 
 # --------------------------------------------------------------------------------------------------
+# CPU accounting: who used the cores during a batch
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine spent busy since boot (all cores; not idle / iowait)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def ours_cpu_s(root: int | None) -> float:
+    """CPU seconds used by this process plus ``root`` (the spawned earlytom-serve) and all its
+    live descendants (the vLLM API server, engine core and workers, in their own session)."""
+    t = os.times()
+    total = t.user + t.system
+    if root is None:
+        return total
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (ppid, cpu seconds)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+        except (OSError, IndexError, ValueError):
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = [root] if root in stats else []
+    while todo:
+        pid = todo.pop()
+        total += stats[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
+class CpuMeter:
+    """Cores used by this benchmark (client + spawned server) and by everything else, over an
+    interval: ``foreign_cores`` is how much of the machine other jobs took during a batch."""
+
+    def __init__(self, root: int | None) -> None:
+        self.root = root
+
+    def start(self) -> tuple[float, float | None, float]:
+        return time.perf_counter(), machine_busy_s(), ours_cpu_s(self.root)
+
+    def stop(self, mark: tuple[float, float | None, float]) -> dict[str, float | None]:
+        t0, busy0, ours0 = mark
+        dt = time.perf_counter() - t0
+        busy1, ours1 = machine_busy_s(), ours_cpu_s(self.root)
+        if dt <= 0 or busy0 is None or busy1 is None:
+            return {"machine_cores": None, "our_cores": None, "foreign_cores": None}
+        machine, ours = (busy1 - busy0) / dt, (ours1 - ours0) / dt
+        # processes of ours that exited during the batch drop out of the sum: clamp at 0
+        return {"machine_cores": round(machine, 2), "our_cores": round(ours, 2),
+                "foreign_cores": round(max(0.0, machine - ours), 2)}
+
+
+# --------------------------------------------------------------------------------------------------
 # Machine
 
 
@@ -629,7 +703,7 @@ def print_report(report: dict[str, Any]) -> None:
           f"output tokens, ratio {report['settings']['ratio']}, model "
           f"{report['model']['served_name']}")
     head = (f"{'method':<13}{'c':>3}{'ok':>5}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>10}"
-            f"{'TTFT p95':>10}{'prompt':>8}{'load1':>7}")
+            f"{'TTFT p95':>10}{'prompt':>8}{'load1':>7}{'other':>7}")
     print(head)
     print("-" * len(head))
     for c in levels:
@@ -645,7 +719,10 @@ def print_report(report: dict[str, Any]) -> None:
             prompt = row["prompt_tokens"][0] if row["prompt_tokens"] else "-"
             print(f"{m:<13}{c:>3}{row['ok']:>5}{f(row['requests_per_s'], 9)}"
                   f"{f(row['output_tokens_per_s'], 11, 2)}{f(row['ttft_p50_s'], 10)}"
-                  f"{f(row['ttft_p95_s'], 10)}{prompt!s:>8}{f(load, 7, 2)}")
+                  f"{f(row['ttft_p95_s'], 10)}{prompt!s:>8}{f(load, 7, 2)}"
+                  f"{f(row.get('foreign_cores'), 7, 2)}")
+    print("(load1: 1-min load average; other: CPU cores used by other jobs during the cell, "
+          f"of {report['machine']['cpu_count']})")
     for name, rows in report["ratios"].items():
         print(f"\n{name} (per concurrency): " + ", ".join(
             f"c={c}: tput x{r['output_tokens_per_s']}, TTFT p50 x{r['ttft_p50_speedup']}"
@@ -718,7 +795,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 async def run_load(args: argparse.Namespace, url: str, model: str, videos: list[Video],
-                   levels: list[int], methods: list[str], t_run: float
+                   levels: list[int], methods: list[str], t_run: float, meter: CpuMeter
                    ) -> tuple[list[Sample], list[dict[str, Any]], list[Sample]]:
     import openai
     from tqdm import tqdm
@@ -750,12 +827,13 @@ async def run_load(args: argparse.Namespace, url: str, model: str, videos: list[
         batches: list[dict[str, Any]] = []
         for c, rnd, m, n in plan:
             load_before = list(os.getloadavg())
+            mark = meter.start()
             got, wall = await run_batch(client, model, [next(pool) for _ in range(n)], m, c, rnd,
                                         args, t_run, pbar)
             samples += got
             batches.append({"method": m, "concurrency": c, "round": rnd, "requests": n,
                             "wall_s": round(wall, 3), "loadavg_before": load_before,
-                            "loadavg_after": list(os.getloadavg())})
+                            "loadavg_after": list(os.getloadavg()), **meter.stop(mark)})
         pbar.close()
         return samples, batches, warm
     finally:
@@ -832,7 +910,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
 
         samples, batches, warm = asyncio.run(
-            run_load(args, server.url, model, videos, levels, methods, t_run))
+            run_load(args, server.url, model, videos, levels, methods, t_run,
+                     CpuMeter(server.proc.pid if server.proc is not None else None)))
     finally:
         if server is not None and server.proc is not None:
             server.stop()
@@ -847,6 +926,11 @@ def main(argv: list[str] | None = None) -> int:
             wall = sum(b["wall_s"] for b in bs)
             loads = [b["loadavg_before"] for b in bs] + [bs[-1]["loadavg_after"]] if bs else []
             cells[(m, c)] = summarize_cell(got, wall, m, c, loads, args)
+            foreign = [(b["foreign_cores"], b["wall_s"]) for b in bs
+                       if b.get("foreign_cores") is not None]
+            cells[(m, c)]["foreign_cores"] = round(
+                sum(f * w for f, w in foreign) / sum(w for _, w in foreign), 2) \
+                if foreign and sum(w for _, w in foreign) > 0 else None
 
     loads_1m = [load_start[0], load_end[0]] + [x for b in batches for x in (
         b["loadavg_before"][0], b["loadavg_after"][0])]
@@ -873,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     cell_list = [cells[(m, c)] for c in levels for m in methods]
     report: dict[str, Any] = {
         "benchmark": "throughput",
+        "notes": args.note,
         "settings": {
             "frames": args.frames, "video": args.video, "video_size": args.video_size,
             "media": "file" if use_file else "data", "methods": methods, "ratio": args.ratio,

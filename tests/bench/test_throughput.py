@@ -88,6 +88,10 @@ def test_quick_run(tmp_path):
     assert len(load["start"]) == 3 and len(load["end"]) == 3
     assert 0 <= load["min_1m"] <= load["max_1m"]
     assert all(len(b["loadavg_before"]) == 3 for b in report["batches"])
+    for b in report["batches"]:  # CPU accounting from /proc: ours plus others = the machine
+        assert b["our_cores"] > 0 and b["foreign_cores"] >= 0
+        assert b["foreign_cores"] == pytest.approx(max(0.0, b["machine_cores"] - b["our_cores"]),
+                                                   abs=0.02)
     assert len(report["cells"]) == 8
     for row in report["cells"]:
         assert row["ok"] == row["requests"] >= 1 and row["errors"] == 0
