@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from earlytom_vllm.core.budget import allocate_quota
+from earlytom_vllm.core.temporal import check_groups
 
 
 def dynamic_mask(groups: Sequence[tuple[int, int]], num_frames: int,
@@ -26,21 +27,6 @@ def dynamic_mask(groups: Sequence[tuple[int, int]], num_frames: int,
             dyn[start] = True
             dyn[end] = True
     return dyn.to(device) if device is not None else dyn
-
-
-def _check_groups(groups: Sequence[tuple[int, int]], t: int) -> list[tuple[int, int]]:
-    out, expect = [], 0
-    for g in groups:
-        if not isinstance(g, (tuple, list)) or len(g) != 2:
-            raise ValueError(f"groups must be (start, end) pairs, got {g!r}")
-        a, b = int(g[0]), int(g[1])
-        if a != expect or b < a:
-            raise ValueError(f"groups must cover frames 0..{t - 1} contiguously, got {list(groups)}")
-        out.append((a, b))
-        expect = b + 1
-    if expect != t:
-        raise ValueError(f"groups must cover frames 0..{t - 1} contiguously, got {list(groups)}")
-    return out
 
 
 def _rank_desc(score: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,7 +57,7 @@ def selection_mask(received: torch.Tensor, groups: Sequence[tuple[int, int]],
                    budget: int) -> torch.Tensor:
     """``[T', N]`` bool keep-mask with exactly ``budget`` True entries."""
     t, n = received.shape
-    checked = _check_groups(groups, t)
+    checked = check_groups(groups, t)
     dyn = dynamic_mask(checked, t, device=received.device)
     quota = allocate_quota(budget, dyn, tokens_per_frame=n)  # [T']
     score = received.to(torch.promote_types(received.dtype, torch.float32))

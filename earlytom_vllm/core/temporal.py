@@ -119,7 +119,7 @@ class MergePlan:
         return len(self.first)
 
 
-def _check_groups(groups: Sequence[tuple[int, int]], t: int) -> Groups:
+def check_groups(groups: Sequence[tuple[int, int]], t: int) -> Groups:
     out: Groups = []
     expect = 0
     for g in groups:
@@ -233,13 +233,10 @@ def stage1(
     """
     _check_video("hidden", hidden)
     _check_segment_args(tau, max_window, ema)
-    t = hidden.shape[0]
+    _check_received(received, hidden)
     band = similarity_band(hidden, max_window - 1)
-    groups = _segment_from_band(band, t, float(tau), max_window, float(ema))
-    if max(b - a + 1 for a, b in groups) >= 4 and min_frames < t:
-        plan = plan_merge(band, groups, min_frames=min_frames, keep_last_middle=keep_last_middle)
-        hidden = apply_plan(hidden, plan)
-        received = None if received is None else apply_plan(received, plan)
+    groups = _segment_from_band(band, hidden.shape[0], float(tau), max_window, float(ema))
+    hidden, received = _merge(hidden, received, groups, band, min_frames, keep_last_middle)
     refined = segment_frames(hidden, tau, max_window, ema) if refine else None
     return hidden, received, refined
 
@@ -264,17 +261,29 @@ def merge_frames(
         ``(hidden [T', N, D], received [T', N] | None)``.
     """
     _check_video("hidden", hidden)
-    t = hidden.shape[0]
-    if received is not None and (received.ndim != 2 or tuple(received.shape) != tuple(hidden.shape[:2])):
+    _check_received(received, hidden)
+    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
+        raise ValueError(f"min_frames must be an integer >= 1, got {min_frames!r}")
+    return _merge(hidden, received, check_groups(groups, hidden.shape[0]), None, min_frames,
+                  keep_last_middle)
+
+
+def _check_received(received: torch.Tensor | None, hidden: torch.Tensor) -> None:
+    if received is not None and (received.ndim != 2
+                                 or tuple(received.shape) != tuple(hidden.shape[:2])):
         raise ValueError(
             f"received must be [T, N] = {tuple(hidden.shape[:2])}, got {tuple(received.shape)}"
         )
-    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
-        raise ValueError(f"min_frames must be an integer >= 1, got {min_frames!r}")
-    checked = _check_groups(groups, t)
-    longest = max(b - a + 1 for a, b in checked)
-    if longest < 4 or min_frames >= t:
-        return hidden, received
-    band = similarity_band(hidden, longest - 1)
-    plan = plan_merge(band, checked, min_frames=min_frames, keep_last_middle=keep_last_middle)
+
+
+def _merge(hidden: torch.Tensor, received: torch.Tensor | None, groups: Groups,
+           band: list[list[float]] | None, min_frames: int, keep_last_middle: bool,
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Plan and apply the merges; ``band`` is computed here unless the caller has one."""
+    longest = max(b - a + 1 for a, b in groups)
+    if longest < 4 or min_frames >= hidden.shape[0]:
+        return hidden, received  # nothing can merge: no similarity needed
+    if band is None:
+        band = similarity_band(hidden, longest - 1)
+    plan = plan_merge(band, groups, min_frames=min_frames, keep_last_middle=keep_last_middle)
     return apply_plan(hidden, plan), None if received is None else apply_plan(received, plan)
