@@ -265,7 +265,7 @@ class FrontEnd:
                                param="mm_processor_kwargs.earlytom", code="invalid_value")
             overrides.update(inner or {})
         overrides.update(req.earlytom or {})
-        frames_as_video = overrides.pop("frames_as_video", False)
+        frames_as_video = overrides.pop("frames_as_video", self.settings.frames_as_video)
         if not isinstance(frames_as_video, bool):
             raise APIError(400, f"earlytom.frames_as_video must be true or false, got "
                            f"{frames_as_video!r}", param="earlytom.frames_as_video",

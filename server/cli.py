@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-image-bytes", type=int, help="[EARLYTOM_MAX_IMAGE_BYTES, 20 MiB]")
     g.add_argument("--max-video-frames", type=int, help="[EARLYTOM_MAX_VIDEO_FRAMES, 10000]")
     g.add_argument("--download-timeout", type=float, help="[EARLYTOM_DOWNLOAD_TIMEOUT, 30 s]")
+    g.add_argument("--frames-as-video", action="store_true",
+                   help="treat each request's image_url parts as the frames of one video "
+                   "(lmms-eval's openai_compatible model sends videos so); a request's "
+                   "earlytom.frames_as_video overrides it [EARLYTOM_FRAMES_AS_VIDEO]")
     return p
 
 

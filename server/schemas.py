@@ -9,7 +9,8 @@ The ``earlytom`` extension (request body, next to ``messages``)::
     "earlytom": {"retain_ratio": 0.15}           # any EarlyTomConfig field, validated here
     "earlytom": {"enabled": false}               # this request uncompressed
     "earlytom": {"frames_as_video": true}        # the request's image_url parts are frames of ONE
-                                                 # video (what lmms-eval's openai backend sends)
+                                                 # video (what lmms-eval's openai backend sends);
+                                                 # default: the server's --frames-as-video
 
 is forwarded to vLLM as ``mm_processor_kwargs: {"earlytom": {...}}`` (without ``frames_as_video``).
 """

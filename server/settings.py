@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     """Largest request body (default: enough for a base64 video and images at the limits)."""
     download_timeout: float = Field(30.0, gt=0)
     max_concurrent_decodes: int = Field(2, ge=1)
+    frames_as_video: bool = False
+    """Treat a request's ``image_url`` parts as the frames of ONE video, in order (what clients
+    such as lmms-eval's ``openai_compatible`` model send for a video). A request's
+    ``"earlytom": {"frames_as_video": ...}`` overrides it either way."""
 
     # -- validators ------------------------------------------------------------------------------
     @field_validator("backends", "backend_args", mode="before")

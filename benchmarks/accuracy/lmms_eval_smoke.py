@@ -1,4 +1,4 @@
-"""The README's recipe, for real, on this machine: lmms-eval -> launcher -> earlytom-serve.
+"""The README's recipes, for real, on this machine: lmms-eval [-> launcher] -> earlytom-serve.
 
 Run from the repository root (lmms-eval must be importable; it is not a project dependency)::
 
@@ -7,16 +7,18 @@ Run from the repository root (lmms-eval must be importable; it is not a project 
 
 It writes the six questions of ``smoke_set.json`` as mp4 files plus a JSON-lines file, and a
 throw-away lmms-eval task (``earlytom_smoke``: the questions, the videos, letter scoring) into a
-temporary directory; starts ``earlytom-serve`` on the tiny checkpoint; then, per ratio, runs the
-recipe's exact command line::
+temporary directory; starts ``earlytom-serve --frames-as-video --retain-ratio 0.1`` on the tiny
+checkpoint; then, per ratio, runs the recipe's exact command line (recipe B, the launcher)::
 
     python -m benchmarks.accuracy.lmms_eval_earlytom --ratio R -- \\
         --model openai_compatible --force_simple --model_args model_version=...,base_url=...,\\
         max_frames_num=8,num_concurrent=6 --tasks earlytom_smoke --include_path TASKDIR ...
 
-(``--full`` for the 100 % row). lmms-eval decodes each mp4 with decord, sends 8 PNG frames per
-question, the launcher adds ``"earlytom": {"frames_as_video": true, ...}``, and the front end's
-``/metrics`` must then show exactly ``6 * (budget(8, r) + 1)`` visual tokens after compression
+(``--full`` for the 100 % row), and once more as plain ``python -m lmms_eval ...`` with no
+launcher (recipe A: the server-wide switch and ratio do everything). lmms-eval decodes each mp4
+with decord and sends 8 PNG frames per question; the launcher adds ``"earlytom":
+{"frames_as_video": true, ...}`` (the plain run adds nothing: the server's ``--frames-as-video``
+applies); the front end's ``/metrics`` must then show exactly ``6 * (budget(8, r) + 1)`` visual tokens after compression
 (``6 * (196 * 8 + 1)`` before) for the run: the frames arrived as one video per question and were
 compressed to the budget. Accuracy comes from lmms-eval's own results file (random weights: near
 chance or below). Writes ``benchmarks/results/accuracy_smoke_lmms_eval.json``.
@@ -49,9 +51,12 @@ from benchmarks.accuracy.smoke import (
 from benchmarks.throughput import launch_serve, machine_info, served_model, wait_ready, write_mp4
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVER_RATIO = 0.10  # earlytom-serve --retain-ratio: what a request without the field gets
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "accuracy_smoke_lmms_eval.json"
+#: (name, launcher options or None for plain lmms-eval, ratio). The server runs with
+#: --frames-as-video and the default ratio, so the plain run needs no launcher at all.
 RUNS = (("full", ["--full"], 1.0), ("r025", ["--ratio", "0.25"], 0.25),
-        ("r010", ["--ratio", "0.10"], 0.10))
+        ("r010", ["--ratio", "0.10"], 0.10), ("plain", None, SERVER_RATIO))
 
 TASK_YAML = """task: earlytom_smoke
 dataset_path: json
@@ -150,13 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = write_task(workdir, data, frames, size)
         server = launch_serve(["--media-dir", str(workdir / "media"), "--health-interval", "0.5",
-                               "--log-level", "warning"], workdir / "serve.log")
+                               "--log-level", "warning", "--frames-as-video",
+                               "--retain-ratio", str(SERVER_RATIO)], workdir / "serve.log")
         wait_ready(server, 600, "none")
         model = served_model(server.url, "none")
         for name, opts, ratio in RUNS:
             before = metric_totals(server.url)
             out_dir = workdir / "out" / name
-            cmd = [sys.executable, "-m", "benchmarks.accuracy.lmms_eval_earlytom", *opts, "--",
+            # the launcher adds the earlytom field; the plain run is lmms-eval unchanged
+            head = (["-m", "lmms_eval"] if opts is None else
+                    ["-m", "benchmarks.accuracy.lmms_eval_earlytom", *opts, "--"])
+            cmd = [sys.executable, *head,
                    "--model", "openai_compatible", "--force_simple",
                    "--model_args", f"model_version={model},base_url={server.url}/v1,"
                    f"api_key=none,max_frames_num={frames},num_concurrent={n}",
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             exp_before = n * (196 * frames + 1)
             exp_after = n * visual_tokens(frames, ratio)
             runs.append({
-                "run": name, "launcher_options": opts, "ratio": ratio, "exit": proc.returncode,
+                "run": name, "launcher_options": opts, "launcher": opts is not None, "ratio": ratio, "exit": proc.returncode,
                 "seconds": seconds, "accuracy": accuracy,
                 "visual_tokens_before": delta.get("earlytom_visual_tokens_before_total"),
                 "visual_tokens_after": delta.get("earlytom_visual_tokens_after_total"),

@@ -205,6 +205,40 @@ def test_frames_as_video_turns_image_parts_into_one_video(client, fake_backend):
     assert m["earlytom_visual_tokens_after_total"][key] == video_token_budget(6, 0.2) + 1
 
 
+def test_server_wide_frames_as_video_needs_no_request_field(make_front, fake_backend):
+    """--frames-as-video: a plain OpenAI client (lmms-eval's openai_compatible) sends frames as
+    image parts and nothing else; they reach vLLM as ONE compressed video. A request can still
+    opt out with earlytom.frames_as_video = false."""
+    front = make_front(backends=[fake_backend.url], frames_as_video=True)
+    frames = [f"data:image/png;base64,{b64(png_bytes((i * 20, 9, 0)))}" for i in range(5)]
+    content = [{"type": "image_url", "image_url": {"url": u}} for u in frames]
+    content.append({"type": "text", "text": "Answer with the option's letter."})
+    with httpx.Client(base_url=front.url) as c:
+        r = c.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 200, r.text
+        sent = fake_backend.app.state.received[-1]
+        parts = sent["messages"][0]["content"]
+        assert [p["type"] for p in parts] == ["video_url", "text"]
+        assert len(parts[0]["video_url"]["url"].split(",")) == 1 + 5
+        assert "mm_processor_kwargs" not in sent  # nothing to forward: the switch is ours
+        m = metrics(c)
+        key = (("method", "earlytom"), ("model", "fake-model"))
+        assert m["earlytom_visual_tokens_before_total"][key] == 196 * 5 + 1
+        assert m["earlytom_visual_tokens_after_total"][key] == video_token_budget(5, 0.1) + 1
+
+        r = c.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": content[:1]}],
+            "earlytom": {"frames_as_video": False}})
+        assert r.status_code == 200, r.text
+        parts = fake_backend.app.state.received[-1]["messages"][0]["content"]
+        assert [p["type"] for p in parts] == ["image_url"]
+
+        # the same bad-value check applies with the switch on
+        assert_error(good_request(c, earlytom={"frames_as_video": 1}), 400,
+                     "earlytom.frames_as_video")
+
+
 def test_images_without_frames_as_video_stay_images(client, fake_backend):
     url = f"data:image/jpeg;base64,{b64(jpeg_bytes())}"
     r = client.post("/v1/chat/completions", json={"model": "fake-model", "messages": [

@@ -252,6 +252,17 @@ def test_cli_flags_and_env(monkeypatch):
         settings_from_args(["--retain-ratio", "3"])
 
 
+def test_frames_as_video_switch_from_cli_and_env(monkeypatch):
+    monkeypatch.delenv("EARLYTOM_FRAMES_AS_VIDEO", raising=False)
+    assert settings_from_args([]).frames_as_video is False
+    assert settings_from_args(["--frames-as-video"]).frames_as_video is True
+    monkeypatch.setenv("EARLYTOM_FRAMES_AS_VIDEO", "true")
+    assert settings_from_args([]).frames_as_video is True
+    monkeypatch.setenv("EARLYTOM_FRAMES_AS_VIDEO", "maybe")
+    with pytest.raises(ValueError, match="frames_as_video"):
+        settings_from_args([])
+
+
 def test_cli_rejects_bad_settings():
     out = subprocess.run([SERVE, "--retain-ratio", "2"], capture_output=True, text=True,
                          timeout=60)
