@@ -155,7 +155,7 @@ def _resolve_sizes(sizes: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unknown checkpoint argument(s): {', '.join(unknown)}")
     resolved = {**_DEFAULT_ARGS, **sizes}
-    _validate(**resolved)
+    _validate(resolved)
     return resolved
 
 
@@ -232,45 +232,21 @@ def ensure_tiny_checkpoint(cache_dir: str | os.PathLike[str] | None = None) -> P
 # Builder
 
 
-def _validate(
-    *,
-    seed: int,
-    vision_hidden: int,
-    vision_layers: int,
-    vision_heads: int,
-    vision_intermediate: int,
-    text_hidden: int,
-    text_layers: int,
-    text_heads: int,
-    text_kv_heads: int,
-    text_intermediate: int,
-    dtype: str,
-) -> None:
-    ints = {
-        "seed": seed,
-        "vision_hidden": vision_hidden,
-        "vision_layers": vision_layers,
-        "vision_heads": vision_heads,
-        "vision_intermediate": vision_intermediate,
-        "text_hidden": text_hidden,
-        "text_layers": text_layers,
-        "text_heads": text_heads,
-        "text_kv_heads": text_kv_heads,
-        "text_intermediate": text_intermediate,
-    }
-    for name, value in ints.items():
+def _validate(sizes: dict[str, Any]) -> None:
+    """Check :func:`build_checkpoint`'s arguments (TypeError / ValueError naming the field)."""
+    for name, value in sizes.items():
+        if name == "dtype":
+            if value not in _DTYPES:
+                raise ValueError(f"dtype must be one of {_DTYPES}, got {value!r}")
+            continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an integer, got {value!r}")
         if value < (0 if name == "seed" else 1):
             raise ValueError(f"{name} must be positive, got {value!r}")
-    if vision_hidden % vision_heads:
-        raise ValueError("vision_hidden must be divisible by vision_heads")
-    if text_hidden % text_heads:
-        raise ValueError("text_hidden must be divisible by text_heads")
-    if text_heads % text_kv_heads:
-        raise ValueError("text_heads must be divisible by text_kv_heads")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    for width, heads in (("vision_hidden", "vision_heads"), ("text_hidden", "text_heads"),
+                         ("text_heads", "text_kv_heads")):
+        if sizes[width] % sizes[heads]:
+            raise ValueError(f"{width} must be divisible by {heads}")
 
 
 def _train_tokenizer():
@@ -470,7 +446,7 @@ def build_checkpoint(
         "text_intermediate": text_intermediate,
         "dtype": dtype,
     }
-    _validate(**sizes)
+    _validate(sizes)
     with _BUILD_LOCK:
         return _build(Path(path), sizes)
 

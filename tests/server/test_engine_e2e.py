@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from frontend_fakes import free_port, png_bytes, write_mp4
+from frontend_fakes import free_port, group_members, png_bytes, wait_for, write_mp4
 
 from earlytom_vllm.core.budget import video_token_budget
 
@@ -39,13 +39,6 @@ def _plugin_ready() -> bool:
     return plugin.is_file() and "def register" in plugin.read_text()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def _get(url: str, **kw) -> httpx.Response | None:
@@ -399,25 +392,13 @@ def test_backend_killed_mid_stream_is_reported_and_restarted(served):
     assert wait_for(restarted, timeout=300), served.log_tail()
     sup = httpx.get(f"{served.url}/health").json()["supervisor"]
     assert sup["restarts"] == 1 and sup["pid"] != old_pid
-    assert not any(_in_group(old_pid))  # the old engine core / workers are gone
+    assert not any(group_members(old_pid))  # the old engine core / workers are gone
     out = served.client().chat.completions.create(
         model=served.model, max_tokens=1,
         messages=[{"role": "user", "content": video_content(f"file://{served.video}")}])
     assert out.usage.prompt_tokens > 0
 
 
-def _in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().split(")")[-1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
 
 
 # -- shutdown (last: stops the module's server) --------------------------------------------------------
@@ -432,4 +413,4 @@ def test_ctrl_c_stops_the_backend_without_orphans(served):
     assert time.monotonic() - t0 < 45
     assert wait_for(lambda: not pid_alive(backend_pid), timeout=10)
     # nothing left in the backend's process group (API server, engine core, workers)
-    assert wait_for(lambda: _in_group(backend_pid) == [], timeout=10), served.log_tail()
+    assert wait_for(lambda: group_members(backend_pid) == [], timeout=10), served.log_tail()

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from frontend_fakes import ServerThread, free_port, make_fake_backend
+from frontend_fakes import ServerThread, free_port, make_fake_backend, wait_for
 
 HERE = Path(__file__).parent
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def sse_payloads(text: str) -> list:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from frontend_fakes import ServerThread, free_port, make_fake_backend
+from frontend_fakes import ServerThread, free_port, group_members, make_fake_backend, wait_for
 
 from earlytom_server.app import create_app
 from earlytom_server.cli import example_request, settings_from_args
@@ -26,13 +26,6 @@ FAKE = str(HERE / "frontend_fakes.py")
 SERVE = str(Path(sys.executable).with_name("earlytom-serve"))
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def alive(pid: int) -> bool:
@@ -47,17 +40,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-def group_alive(pgid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().split(")")[-1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 # -- the vLLM command line ----------------------------------------------------------------------------
@@ -135,18 +117,6 @@ def fake_command(port: int) -> list[str]:
     return [sys.executable, FAKE, "--port", str(port)]
 
 
-def group_members(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().split(")")[-1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
 
 
 def fake_command_with_worker(port: int) -> list[str]:
@@ -185,7 +155,7 @@ def test_spawned_backend_is_supervised_restarted_and_stopped(tmp_path):
     finally:
         server.stop()
     assert not alive(new_pid)
-    assert not group_alive(new_pid)
+    assert not group_members(new_pid)
 
 
 def test_backend_that_never_starts_is_given_up(tmp_path):
