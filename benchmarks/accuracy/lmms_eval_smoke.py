@@ -15,11 +15,12 @@ checkpoint; then, per ratio, runs the recipe's exact command line (recipe B, the
         max_frames_num=8,num_concurrent=6 --tasks earlytom_smoke --include_path TASKDIR ...
 
 (``--full`` for the 100 % row), and once more as plain ``python -m lmms_eval ...`` with no
-launcher (recipe A: the server-wide switch and ratio do everything). lmms-eval decodes each mp4
-with decord and sends 8 PNG frames per question; the launcher adds ``"earlytom":
-{"frames_as_video": true, ...}`` (the plain run adds nothing: the server's ``--frames-as-video``
-applies); the front end's ``/metrics`` must then show exactly ``6 * (budget(8, r) + 1)`` visual tokens after compression
-(``6 * (196 * 8 + 1)`` before) for the run: the frames arrived as one video per question and were
+launcher (recipe A: the server-wide switch and ratio do everything; ``launcher_options`` is
+null for that run). lmms-eval decodes each mp4 with decord and sends 8 PNG frames per question;
+the launcher adds ``"earlytom": {"frames_as_video": true, ...}`` (the plain run adds nothing: the
+server's ``--frames-as-video`` applies); the front end's ``/metrics`` must then show exactly
+``6 * (budget(8, r) + 1)`` visual tokens after compression (``6 * (196 * 8 + 1)`` before) for the
+run: the frames arrived as one video per question and were
 compressed to the budget. Accuracy comes from lmms-eval's own results file (random weights: near
 chance or below). Writes ``benchmarks/results/accuracy_smoke_lmms_eval.json``.
 """
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             exp_before = n * (196 * frames + 1)
             exp_after = n * visual_tokens(frames, ratio)
             runs.append({
-                "run": name, "launcher_options": opts, "launcher": opts is not None, "ratio": ratio, "exit": proc.returncode,
+                "run": name, "launcher_options": opts, "ratio": ratio, "exit": proc.returncode,
                 "seconds": seconds, "accuracy": accuracy,
                 "visual_tokens_before": delta.get("earlytom_visual_tokens_before_total"),
                 "visual_tokens_after": delta.get("earlytom_visual_tokens_after_total"),
