@@ -84,7 +84,7 @@ def test_llm_uses_gqa_and_swiglu():
 
 def test_pruned_llm_tokens_come_from_the_budget():
     for r in (0.25, 0.2, 0.15, 0.1):
-        budget = video_token_budget(32, r)
+        budget = video_token_budget(32, r, 196)
         for method in ("post_encoder", "earlytom", "earlytom_stage1_rule"):
             entry = flops.count_correct(OV7B, method, r, frames=32, text_tokens=100, schedule=SCHED)
             assert entry["llm_visual_tokens"] == budget + 1
@@ -143,7 +143,7 @@ def test_all_methods_equal_at_ratio_one(key):
 def test_schedule_is_clamped_by_the_budget():
     # r = 0.5: 98 tokens a frame, 3136 in all, so Stage I keeps at least 16 frames
     counts = flops.frames_per_layer(32, {10: 5, 21: 3, 23: 2}, 26,
-                                    flops.min_frames_for_budget(video_token_budget(32, 0.5)))
+                                    flops.min_frames_for_budget(video_token_budget(32, 0.5, 196), 196))
     assert counts[:11] == [32] * 11
     assert counts[11:] == [16] * 16
     assert flops.frames_per_layer(32, SCHED, 26)[-1] == 17

@@ -17,7 +17,9 @@ RUNNER = Path(__file__).with_name("_runner.py")
 
 
 def overrides(**earlytom):
-    return {"architectures": [ARCH], "earlytom": {"retain_ratio": DEFAULT_RATIO, **earlytom}}
+    # trace: the tests read the model's per-video traces (serving leaves it off)
+    return {"architectures": [ARCH],
+            "earlytom": {"retain_ratio": DEFAULT_RATIO, "trace": True, **earlytom}}
 
 
 @pytest.fixture(scope="session")

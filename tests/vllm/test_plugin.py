@@ -62,10 +62,10 @@ def test_video_prompt_length_follows_budget(llm):
     video = scene_video(8, seed=1)
     text = text_tokens(llm, PROMPT)
     out = generate(llm, PROMPT, video)
-    assert len(out.prompt_token_ids) == text + video_token_budget(8, DEFAULT_RATIO) + 1
+    assert len(out.prompt_token_ids) == text + video_token_budget(8, DEFAULT_RATIO, 196) + 1
     assert len(out.outputs[0].token_ids) == 2  # generation completed
     out25 = generate(llm, PROMPT, video, kwargs={"earlytom": {"retain_ratio": 0.25}})
-    assert len(out25.prompt_token_ids) == text + video_token_budget(8, 0.25) + 1
+    assert len(out25.prompt_token_ids) == text + video_token_budget(8, 0.25, 196) + 1
     assert len(out25.prompt_token_ids) - len(out.prompt_token_ids) == 8 * (49 - 20)
     # The override applied to that request only: the next one is back at the default.
     again = generate(llm, PROMPT, video)
@@ -79,7 +79,7 @@ def test_two_ratios_in_one_batch(llm):
     outs = llm.generate(reqs, GREEDY, use_tqdm=False)
     text = text_tokens(llm, PROMPT)
     assert [len(o.prompt_token_ids) for o in outs] == [
-        text + video_token_budget(8, r) + 1 for r in (0.1, 0.15)
+        text + video_token_budget(8, r, 196) + 1 for r in (0.1, 0.15)
     ]
     assert all(len(o.outputs[0].token_ids) == 2 for o in outs)
 
@@ -116,10 +116,10 @@ def test_image_only_video_only_and_both(llm):
     n_image = len(img.prompt_token_ids) - text_tokens(llm, IMAGE_PROMPT)
     assert n_image > 729  # anyres image: base tile + higher-resolution tiles, stock count
     vid = generate(llm, PROMPT, video)
-    assert len(vid.prompt_token_ids) == text_tokens(llm, PROMPT) + video_token_budget(8, 0.1) + 1
+    assert len(vid.prompt_token_ids) == text_tokens(llm, PROMPT) + video_token_budget(8, 0.1, 196) + 1
     both = generate(llm, BOTH_PROMPT, video, images=image)
     assert len(both.prompt_token_ids) == (text_tokens(llm, BOTH_PROMPT) + n_image
-                                          + video_token_budget(8, 0.1) + 1)
+                                          + video_token_budget(8, 0.1, 196) + 1)
     assert all(len(o.outputs[0].token_ids) == 2 for o in (img, vid, both))
 
 
@@ -127,7 +127,7 @@ def test_two_videos_of_different_lengths_in_one_prompt(llm):
     # Stock vLLM 0.32 fails this (3-D outputs for a list of videos); we return 2-D per video.
     a, b = scene_video(8, seed=6), scene_video(12, seed=7)
     out = generate(llm, TWO_VIDEOS, [a, b])
-    expect = text_tokens(llm, TWO_VIDEOS) + video_token_budget(8, 0.1) + video_token_budget(12, 0.1) + 2
+    expect = text_tokens(llm, TWO_VIDEOS) + video_token_budget(8, 0.1, 196) + video_token_budget(12, 0.1, 196) + 2
     assert len(out.prompt_token_ids) == expect
     assert len(out.outputs[0].token_ids) == 2
 
@@ -140,7 +140,7 @@ def test_redundant_video_runs_later_layers_on_fewer_frames(llm):
     assert frames[:11] == [16] * 11  # up to and including the first prune layer (10)
     assert frames[11] < 16  # layer 11 onwards runs on merged frames
     assert frames[-1] <= frames[11]
-    assert trace["rows"] == video_token_budget(16, 0.1) + 1
+    assert trace["rows"] == video_token_budget(16, 0.1, 196) + 1
 
 
 def test_unrelated_frames_keep_all_frames(llm):
@@ -178,8 +178,8 @@ def test_profiling_dummy_uses_max_frames_and_full_count(llm):
     # The dummy encode itself (the CPU runner never profiles): 32 frames, then compressed.
     pixels = torch.zeros(32, 3, 384, 384)
     rows = llm.apply_model(
-        lambda m: m._embed_video(pixels, VideoPlan.build(32, EarlyTomConfig())).shape[0])[0]
-    assert rows == video_token_budget(32, 0.1) + 1
+        lambda m: m._embed_video(pixels, VideoPlan(32, 196, 1, EarlyTomConfig())).shape[0])[0]
+    assert rows == video_token_budget(32, 0.1, 196) + 1
 
 
 def test_tensor_parallel_ranks_agree(llm, run_engine):
@@ -213,7 +213,7 @@ def test_vllm_and_transformers_adapter_agree(llm, tiny_checkpoint):
     config = EarlyTomConfig(retain_ratio=0.1)
     with torch.inference_mode():
         ours = compress_hf_video(hf, pixels, config)
-    plan = VideoPlan.build(12, config)
+    plan = VideoPlan(12, 196, 1, EarlyTomConfig(retain_ratio=0.1, trace=True))
     vllm_rows = llm.apply_model(lambda m: m._embed_video(pixels, plan).cpu())[0]
     vllm_trace = last_trace(llm)
     assert vllm_trace["index"] == ours.index.tolist()
@@ -231,7 +231,8 @@ def test_vllm_and_transformers_adapter_agree(llm, tiny_checkpoint):
     from earlytom_vllm.hf import remove_earlytom, shrink_video_placeholders
 
     ids, mask = shrink_video_placeholders(inputs["input_ids"], hf.config.video_token_id, [12],
-                                          config, inputs["attention_mask"])
+                                          config, inputs["attention_mask"],
+                                          tokens_per_frame=196)
     with torch.inference_mode():
         logits = hf(input_ids=ids, attention_mask=mask,
                     pixel_values_videos=inputs["pixel_values_videos"]).logits
