@@ -147,7 +147,7 @@ class FrontEnd:
             settings.backends,
             metrics=self.metrics,
             health_interval=settings.health_interval,
-            health_timeout=settings.health_timeout,
+            health_timeout=settings.backend_health_timeout,
             request_timeout=settings.request_timeout,
             api_key=(settings.backend_api_key.get_secret_value()
                      if settings.backend_api_key else None),
