@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import shlex
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -195,13 +194,19 @@ def example_request(settings: Settings, model: str, video: Path | None) -> str:
             f"-d '{body}'")
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
+def setup_logging(level: str) -> None:
+    """Root logging with the request id on every line (``-`` outside a request)."""
+    from earlytom_server.guard import RequestIdFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,13 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"earlytom-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    return serve(settings)
+
+
+def serve(settings: Settings, app: Any = None) -> int:
+    """Run the front end until it is stopped (SIGTERM: graceful drain, exit 0; SIGINT: 130).
+    ``app``: one made by ``create_app(settings, ...)`` (tests); default: ``create_app(settings)``."""
+    setup_logging(settings.log_level)
+    from earlytom_server.serving import DrainingServer, listen_socket, uvicorn_config
 
     try:
-        sock = _bind(settings.host, settings.port)
+        sock = listen_socket(settings.host, settings.port)
     except OSError as exc:
         print(f"earlytom-serve: cannot listen on {settings.host}:{settings.port}: {exc}",
               file=sys.stderr)
@@ -224,15 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.port == 0:
         settings.port = sock.getsockname()[1]
 
-    import uvicorn
-
     from earlytom_server.app import create_app
 
-    app = create_app(settings)
+    if app is None:
+        app = create_app(settings)
     front = app.state.front
-    config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=5,
-                            lifespan="on")
-    server = uvicorn.Server(config)
+    server = DrainingServer(uvicorn_config(app, settings), front)
     fatal: list[str] = []
 
     def on_fatal(message: str) -> None:

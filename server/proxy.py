@@ -244,14 +244,16 @@ class BackendPool:
         return ranked[0]
 
     # -- requests ---------------------------------------------------------------------------------
-    async def send(self, backend: Backend, path: str, body: dict[str, Any], *, stream: bool
-                   ) -> httpx.Response:
-        """POST ``body`` to the backend; the response is open (streamed) if ``stream``."""
-        request = self.client.build_request(
-            "POST", f"{backend.url}{path}", json=body,
-            headers={**self.headers(), "accept": "text/event-stream" if stream
-                     else "application/json"},
-        )
+    async def send(self, backend: Backend, path: str, content: bytes, *, stream: bool,
+                   request_id: str | None = None) -> httpx.Response:
+        """POST the JSON ``content`` to the backend (with ``X-Request-Id``: vLLM makes it the
+        engine's request id); the response is open (streamed) if ``stream``."""
+        headers = {**self.headers(), "content-type": "application/json",
+                   "accept": "text/event-stream" if stream else "application/json"}
+        if request_id:
+            headers["x-request-id"] = request_id
+        request = self.client.build_request("POST", f"{backend.url}{path}", content=content,
+                                            headers=headers)
         try:
             response = await self.client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -331,7 +333,7 @@ async def relay_sse(
             return b"data: [DONE]\n\n"
         try:
             chunk = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return f"data: {payload}\n\n".encode()
         if isinstance(chunk, dict):
             if isinstance(chunk.get("error"), dict):
