@@ -654,7 +654,7 @@ class FrontEnd:
         pool = self.pool
         outcome = {"status": 499}  # until the relay finishes: the client went away
         closed = False
-
+        recorded = False
         front = self
 
         async def events() -> AsyncIterator[bytes]:
@@ -665,9 +665,11 @@ class FrontEnd:
                         observed = True
                         metrics.ttft.labels(labels.model, labels.method).observe(
                             state.first_content_at - t0)
+                    if state.done:  # the last event: settle the books before the client sees it
+                        settle()
+                        yield event
+                        return
                     yield event
-                    if state.done:
-                        break
                     cut = None
                     if front.closing:
                         cut = APIError(503, "the server is shutting down and its grace period "
@@ -692,11 +694,25 @@ class FrontEnd:
                 yield err.sse()
                 yield b"data: [DONE]\n\n"
                 return
+            settle()  # the backend ended with an error event (no [DONE])
+
+        def settle() -> None:
             if state.error_status is not None:
                 outcome["status"] = state.error_status
             else:
                 outcome["status"] = 200
                 self._count_success(labels, state.usage)
+            record()
+
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            metrics.in_flight.labels(labels.model).dec()
+            metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
+            metrics.duration.labels(labels.model, labels.method).observe(
+                time.perf_counter() - t0)
 
         async def close() -> None:
             # Runs once the response is over, however it ended (also if the client disconnected
@@ -707,10 +723,7 @@ class FrontEnd:
             closed = True
             await response.aclose()
             backend.in_flight -= 1
-            metrics.in_flight.labels(labels.model).dec()
-            metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
-            metrics.duration.labels(labels.model, labels.method).observe(
-                time.perf_counter() - t0)
+            record()
 
         return RelayResponse(
             events(), on_close=close, media_type="text/event-stream",
