@@ -10,6 +10,9 @@ The fake backend mimics what the front end uses of vLLM: ``/health``, ``/v1/mode
 - ``[sleep]``   -> non-streaming: the body comes after 10 s (records cancellation)
 - ``[die]``     -> the connection breaks after the first content chunk (or mid-body)
 - ``[exit]``    -> the whole process exits after the first chunk (subprocess mode only)
+- ``[pydantic]`` -> HTTP 400 with vLLM 0.32's raw validation-error message (a pydantic dump)
+
+``app.state.headers`` keeps each chat request's headers (lower-cased names), in order.
 
 Run as a script (``python frontend_fakes.py --port P [--model NAME]``) for a separate process.
 """
@@ -50,6 +53,7 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
                       ) -> FastAPI:
     app = FastAPI()
     app.state.received = []  # request bodies, in order
+    app.state.headers = []  # their headers
     app.state.cancelled = 0  # streams that ended early because the client went away
     app.state.completed = 0
     app.state.healthy = True
@@ -75,7 +79,15 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
     async def chat(request: Request) -> Any:
         body = await request.json()
         app.state.received.append(body)
+        app.state.headers.append(dict(request.headers))
         text = _last_text(body)
+        if "[pydantic]" in text:
+            message = ("1 validation error:\n  {'type': 'int_parsing', 'loc': ('body', 'top_k'), "
+                       "'msg': 'Input should be a valid integer, unable to parse string as an "
+                       "integer', 'input': 'x'}")
+            return JSONResponse({"error": {"message": message, "type": "Bad Request",
+                                           "param": "body.top_k", "code": 400}},
+                                status_code=400)
         if "[reject]" in text:
             return JSONResponse({"error": {"message": "rejected by the fake backend",
                                            "type": "BadRequestError", "param": "messages",
