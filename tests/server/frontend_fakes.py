@@ -6,6 +6,7 @@ The fake backend mimics what the front end uses of vLLM: ``/health``, ``/v1/mode
 
 - ``[reject]``  -> HTTP 400 in vLLM's error shape
 - ``[slow]``    -> a long stream, one chunk every 50 ms (records cancellation)
+- ``[medium]``  -> a stream of 39 chunks, one every 50 ms (~2 s)
 - ``[hold]``    -> like ``[slow]``, but waits 0.3 s before answering (for routing tests)
 - ``[sleep]``   -> non-streaming: the body comes after 10 s (records cancellation)
 - ``[die]``     -> the connection breaks after the first content chunk (or mid-body)
@@ -124,8 +125,8 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
             }
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        slow = "[slow]" in text or "[hold]" in text
-        pieces = list(words) * (200 if "[slow]" in text else 1)
+        slow = "[slow]" in text or "[hold]" in text or "[medium]" in text
+        pieces = list(words) * (200 if "[slow]" in text else 13 if "[medium]" in text else 1)
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             data = {"id": rid, "object": "chat.completion.chunk", "created": created,
