@@ -593,12 +593,15 @@ class MediaProcessor:
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 target = httpx.URL(url)
-            except (httpx.InvalidURL, ValueError) as exc:
+                has_host = bool(target.host)  # decodes punycode: UnicodeError on "xn--0"
+            except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError is a ValueError
                 raise MediaError(f"invalid URL: {exc}", param=param) from None
-            if target.scheme not in ("http", "https") or not target.host:
+            if target.scheme not in ("http", "https") or not has_host:
                 raise MediaError("only http(s) URLs with a host can be fetched", param=param,
                                  code="unsupported_url")
             port = target.port or (443 if target.scheme == "https" else 80)
+            if not 0 < port < 65536:  # httpx accepts any number; connect() overflows
+                raise MediaError(f"invalid port {port} in the URL", param=param)
             try:  # the IDNA-encoded (ASCII) name: what DNS is asked, no second IDNA pass
                 ascii_host = target.raw_host.decode("ascii")
             except UnicodeDecodeError:
