@@ -73,12 +73,12 @@ nothing is compressed):
     * the Stage I rule (``earlytom_stage1_rule``): the library's own ``segment_frames`` and
       ``merge_frames`` with the serving defaults (tau 0.5, max_window 6, ema 0.9) run on a
       synthetic video (:func:`benchmarks.harness.synthetic_hidden_states`: 729 positions,
-      width 128, seed 0) built to a
-      realistic-redundancy assumption: three scene cuts (scenes start at 0, 30%, 50%, 80% of
-      the video); position-wise cosine similarity 0.2 across a cut, 0.9 between neighbouring
-      frames of a scene, decaying as 0.6 + 0.4 * 0.75^k with distance k; the same similarity
-      structure at every prune layer (the merged frames of one layer are the input of the next).
-      32 frames: 32 -> 24 -> 17 -> 15 (seeds 1 and 2 give 23/18/16 and 23/17/15).
+      width 128, seed 0) built to a realistic-redundancy assumption: three scene cuts (scenes
+      start at 0, 30%, 50%, 80% of the video); position-wise cosine similarity 0.2 across a cut,
+      0.9 between neighbouring frames of a scene, decaying as 0.6 + 0.4 * 0.75^k with distance
+      k; the same similarity structure at every prune layer (the merged frames of one layer are
+      the input of the next). The frame counts it gives are printed (the ``rule`` line) and
+      stored per model and ratio in ``results/flops.json`` (``frames_after_prune``).
       Segments then close on max_window rather than on tau, so each 5-frame segment loses one
       or two frames at each prune layer.
 

@@ -36,9 +36,8 @@ Load and measurement
       batch: ``os.getloadavg()`` before and after, and (:func:`benchmarks.harness.cpu_since`)
       the CPU cores the whole machine used, the cores this benchmark used (client + the spawned
       server and all its descendants) and the difference, ``foreign_cores``: what other jobs
-      took. Per cell the
-      wall-weighted ``foreign_cores`` (the "other" column) tells a load artefact from a real
-      difference.
+      took. Per cell the wall-weighted ``foreign_cores`` (the "other" column) tells a load
+      artefact from a real difference.
     * Warm-up: ``--warmup`` requests per method (own videos) before anything is timed.
 
 The default CPU run (float32): the benchmark checkpoint :data:`benchmarks.harness.BENCH_SIZES`
@@ -58,6 +57,10 @@ Against a GPU deployment (the paper's setting: LLaVA-OV-7B, 32 frames; an A100 o
     OPENAI_API_KEY="$KEY" python -m benchmarks.throughput --url http://GPU_NODE:8000 \\
         --frames 32 --max-tokens 128 --concurrency 1,2,4,8,16,32 --requests 4c --warmup 2 \\
         --json benchmarks/results/throughput_gpu.json --plot benchmarks/results/throughput_gpu.png
+
+With ``--url`` the tokens per frame (for the expected visual-token counts) come from the served
+model's ``config.json``: ``--checkpoint`` names a local copy or its HF id, else the served name is
+tried as an HF id.
 
 Writes ``benchmarks/results/throughput.json`` (``--json``: settings, machine, load averages, per
 cell summaries, ratios, targets, every request's raw sample) and ``throughput.png`` (``--plot``;

@@ -174,10 +174,10 @@ def keep_heap_warm() -> bool:
 
     Without this the encoder's large tensors (tens of MB) are ``mmap``-ed and unmapped per
     request, and whether glibc's adaptive thresholds serve them from an already-faulted heap
-    depends on the PREVIOUS request's size: measured here, a full encoder took ~4.4 s right
-    after a full-token request and ~5.3 s after a small one (page faults), a 20 % swing that
-    follows the request order. A warm heap removes it (vLLM recommends tcmalloc on CPU for the
-    same reason; it is not installed here). Returns False where mallopt is unavailable.
+    depends on the PREVIOUS request's size: the same encoder is slower right after a small
+    request than after a full-token one (page faults), a swing that follows the request order
+    (measured: ``benchmarks/README.md``). A warm heap removes it (vLLM recommends tcmalloc on CPU
+    for the same reason). Returns False where mallopt is unavailable.
     """
     import ctypes
     import ctypes.util
