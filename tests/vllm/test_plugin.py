@@ -344,3 +344,20 @@ def test_hand_written_siglip_layers_match_the_upstream_layers(llm, tiny_checkpoi
         ours, _ = tower.layer_with_received(7, hidden, chunk_frames=2)
         stock = tower.layer(7, hidden)  # transformers' own module
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-5)
+
+
+def test_llava_video_shape_serves_64_frames(run_engine):
+    """LLaVA-Video-7B-Qwen2-hf is a LLaVA-OneVision checkpoint in vLLM (same class, same SigLIP
+    geometry) served with 64 frames: with ``max_frames: 64`` the same architecture takes a
+    64-frame video compressed and uncompressed (the encoder cache is sized for the full count)."""
+    video = {"kind": "scene_video", "args": {"num_frames": 64, "size": 384, "seed": 64}}
+    reqs = [{"prompt": PROMPT, "videos": [video],
+             "mm_processor_kwargs": {"earlytom": {"retain_ratio": r}}} for r in (0.15, 1.0)]
+    compressed, full = run_engine(reqs, hf_overrides=overrides(max_frames=64),
+                                  max_model_len=16384, trace=True)
+    assert full["prompt_len"] - compressed["prompt_len"] == (
+        64 * 196 - video_token_budget(64, 0.15, 196))
+    (trace,) = compressed["traces"]
+    assert trace["rows"] == video_token_budget(64, 0.15, 196) + 1
+    assert trace["frames_per_layer"][0] == 64
+    assert trace["frames_per_layer"][-1] < 64  # a redundant 64-frame video merges frames
