@@ -108,7 +108,7 @@ VIDEOS = ("scene", "motion")
 SERVING = EarlyTomConfig()  # the serving default EarlyTom setting
 EXTRA_PRUNE_LAYERS = "4,14,24;6,14,20"  # the paper's other published settings
 
-#: Paper targets (method.md section 6).
+#: Paper targets (docs/method.md section 6).
 TARGET_VS_NONE = 2.65
 TARGET_VS_BASELINE = 1.3
 TARGET_RATIO = 0.10
