@@ -222,7 +222,9 @@ def serve(settings: Settings, app: Any = None) -> int:
     """Run the front end until it is stopped (SIGTERM: graceful drain, exit 0; SIGINT: 130).
     ``app``: one made by ``create_app(settings, ...)`` (tests); default: ``create_app(settings)``."""
     setup_logging(settings.log_level)
-    from earlytom_server.serving import DrainingServer, listen_socket, uvicorn_config
+    from earlytom_server.serving import DrainingServer, listen_socket, tame_malloc, uvicorn_config
+
+    tame_malloc()
 
     try:
         sock = listen_socket(settings.host, settings.port)

@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     """Seconds a refused client is told to wait (Retry-After of 429 and of 503 while draining)."""
     max_buffered_bytes: int | None = Field(None, ge=1)
     """Request-body bytes held by the requests in flight together (a request waits for room
-    before its body is read). Unset: 1 GiB, or one largest request if that is larger."""
+    before its body is read; one larger than this runs alone). Unset: 1 GiB, or one largest
+    request if that is larger."""
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     """Largest request line plus headers, in bytes (more: HTTP 431)."""
     max_header_count: int = Field(100, ge=8)
@@ -237,8 +238,9 @@ class Settings(BaseSettings):
 
     @property
     def buffered_bytes_limit(self) -> int:
+        # A body larger than the budget still runs, alone (see admission.py).
         if self.max_buffered_bytes is not None:
-            return max(self.max_buffered_bytes, self.request_body_limit)
+            return self.max_buffered_bytes
         return max(1024 * MiB, self.request_body_limit)
 
     def resolved_media_dir(self) -> Path:

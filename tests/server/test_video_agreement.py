@@ -20,7 +20,7 @@ import pytest
 from frontend_fakes import write_mp4
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mp4_tools import with_edit_list
+from mp4_edits import hide_leading_frames
 
 from earlytom_server.media import MediaError, inspect_video_bytes
 
@@ -50,8 +50,7 @@ def corpus(tmp_path_factory) -> dict[str, bytes]:
     d = tmp_path_factory.mktemp("agreement")
     out = {f"{n}-frame": write_mp4(d / f"f{n}.mp4", frames=n).read_bytes()
            for n in (1, 2, 3, 8, 9, 40)}
-    out["edit-list"] = with_edit_list(write_mp4(d / "e.mp4", frames=20), d / "el.mp4",
-                                      6).read_bytes()
+    out["edit-list"] = hide_leading_frames(write_mp4(d / "e.mp4", frames=20).read_bytes(), 6)
     good = out["8-frame"]
     out["truncated"] = good[: len(good) // 2]
     out["cut-tail"] = good[:-200]
