@@ -405,7 +405,8 @@ def test_queued_request_waits_then_times_out_or_runs(make_front, fake_backend):
     result = {}
     with httpx.Client(base_url=front2.url, timeout=30) as c1, \
             c1.stream("POST", CHAT, json=ok_body("[slow]", stream=True)) as r1:
-        next(r1.iter_lines())
+        lines = r1.iter_lines()  # kept: a dropped line iterator closes the connection
+        next(lines)
         t2 = threading.Thread(target=lambda: result.setdefault(
             "status", httpx.post(front2.url + CHAT, json=ok_body(), timeout=60).status_code))
         t2.start()
