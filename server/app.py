@@ -238,10 +238,11 @@ class RelayResponse(StreamingResponse):
     """A streaming response with a cleanup hook that always runs (shielded from cancellation),
     and the admission tickets it releases when it is over."""
 
-    def __init__(self, content: AsyncIterator[bytes], *, on_close: Any, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncIterator[bytes], *, on_close: Any,
+                 tickets: list[Ticket] | None = None, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
-        self.tickets: list[Ticket] = []
+        self.tickets: list[Ticket] = tickets if tickets is not None else []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -675,6 +676,7 @@ class FrontEnd:
         outcome = {"status": 499}  # until the relay finishes: the client went away
         closed = False
         recorded = False
+        tickets: list[Ticket] = []
         front = self
 
         async def events() -> AsyncIterator[bytes]:
@@ -729,6 +731,10 @@ class FrontEnd:
             if recorded:
                 return
             recorded = True
+            # The slot is free once the answer is complete, before the client can see [DONE]
+            # and send its next request (which must not meet a 429 from this one).
+            for ticket in tickets:
+                ticket.release()
             metrics.in_flight.labels(labels.model).dec()
             metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
             metrics.duration.labels(labels.model, labels.method).observe(
@@ -746,7 +752,7 @@ class FrontEnd:
             record()
 
         return RelayResponse(
-            events(), on_close=close, media_type="text/event-stream",
+            events(), on_close=close, tickets=tickets, media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
