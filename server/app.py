@@ -334,8 +334,10 @@ class FrontEnd:
                            code="request_too_large", headers={"connection": "close"})
         return length
 
-    async def read_json(self, request: Request, *, declared: int | None) -> dict[str, Any]:
-        """Read the body (within the body limit and ``body_timeout``) and parse it."""
+    async def read_json(self, request: Request, *, declared: int | None,
+                        deadline: float | None = None) -> dict[str, Any]:
+        """Read the body (within the body limit, ``body_timeout`` and what is left of the
+        request's time cap) and parse it."""
         limit = self.settings.request_body_limit
 
         async def read() -> bytearray:
@@ -357,6 +359,8 @@ class FrontEnd:
             return buf
 
         timeout = self.settings.body_timeout
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
         try:
             raw = await asyncio.wait_for(read(), timeout)
         except asyncio.TimeoutError:
@@ -509,7 +513,7 @@ class FrontEnd:
     async def _chat(self, request: Request, t0: float, deadline: float, labels: Labels,
                     declared: int | None) -> Response:
         try:
-            body = await self.read_json(request, declared=declared)
+            body = await self.read_json(request, declared=declared, deadline=deadline)
             labels.model = self._label_model(body.get("model"))
             try:
                 req = ChatCompletionRequest.model_validate(body)

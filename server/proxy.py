@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from earlytom_server.errors import APIError
+from earlytom_server.errors import APIError, normalize_error_body
 from earlytom_server.metrics import Metrics
 
 log = logging.getLogger("earlytom_server.proxy")
@@ -338,7 +338,11 @@ async def relay_sse(
         if isinstance(chunk, dict):
             if isinstance(chunk.get("error"), dict):
                 code = chunk["error"].get("code")
-                state.error_status = code if isinstance(code, int) and code >= 400 else 500
+                status = code if isinstance(code, int) and 400 <= code < 600 else 500
+                state.error_status = status
+                # the same OpenAI shape as the front end's own errors (and this request's id)
+                body = normalize_error_body(status, payload.encode("utf-8", "replace"))
+                return b"data: " + json.dumps(body).encode() + b"\n\n"
             if state.first_content_at is None and _has_content(chunk):
                 state.first_content_at = clock()
             if isinstance(chunk.get("usage"), dict):

@@ -11,6 +11,7 @@ The fake backend mimics what the front end uses of vLLM: ``/health``, ``/v1/mode
 - ``[sleep]``   -> non-streaming: the body comes after 10 s (records cancellation)
 - ``[die]``     -> the connection breaks after the first content chunk (or mid-body)
 - ``[exit]``    -> the whole process exits after the first chunk (subprocess mode only)
+- ``[sse-error]`` -> streaming: one chunk, then vLLM's error event (code 400) and ``[DONE]``
 - ``[pydantic]`` -> HTTP 400 with vLLM 0.32's raw validation-error message (a pydantic dump)
 
 ``app.state.headers`` keeps each chat request's headers (lower-cased names), in order.
@@ -144,6 +145,12 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
                     if slow:
                         await asyncio.sleep(0.05)
                     yield chunk({"content": piece})
+                    if i == 0 and "[sse-error]" in text:
+                        err = {"error": {"object": "error", "message": "the engine refused",
+                                         "type": "BadRequestError", "param": None, "code": 400}}
+                        yield f"data: {json.dumps(err)}\n\n".encode() + b"data: [DONE]\n\n"
+                        finished = True
+                        return
                     if i == 0 and "[die]" in text:
                         raise RuntimeError("fake backend dies mid-stream")
                     if i == 0 and "[exit]" in text:

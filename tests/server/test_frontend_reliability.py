@@ -346,6 +346,17 @@ def test_relayed_vllm_validation_error_is_rewritten(client):
     assert err["type"] == "invalid_request_error" and err["code"] == "invalid_value"
 
 
+def test_relayed_sse_error_event_is_rewritten(client):
+    r = client.post(CHAT, json=ok_body("[sse-error]", stream=True),
+                    headers={"x-request-id": "sse-1"})
+    events = [b.removeprefix("data: ") for b in r.text.strip().split("\n\n")]
+    assert events[-1] == "[DONE]"
+    body = json.loads(events[-2])
+    assert body == {"error": {"message": "the engine refused", "type": "invalid_request_error",
+                              "param": None, "code": "invalid_request"}, "request_id": "sse-1"}
+    assert 'status="400"' in client.get("/metrics").text
+
+
 # -- load limits ---------------------------------------------------------------------------------------
 
 
