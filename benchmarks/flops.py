@@ -37,13 +37,13 @@ The paper's convention (``--paper-convention`` prints only it; the JSON always h
     * LLM tokens = ``floor(r * T * 196)`` visual tokens only: no newline, no text, and a ratio
       of the full 6272, NOT the per-frame ceiling the serving budget uses.
     * HoliTom (post-encoder, plus its merge inside the LLM) and the paper's EarlyTom rows keep
-      that count for LLM layers 0..17 and ``floor(n / 2)`` from layer 18 on (method.md section
+      that count for LLM layers 0..17 and ``floor(n / 2)`` from layer 18 on (docs/method.md section
       5: the released code's optional LLM merge, "layer 18, keep half"; the paper's rows
       include it). Layer 18 is used literally for every model (it is the released code's value,
       stated for the 28-layer 7B), so the 0.5B and 72B HoliTom / EarlyTom* rows are indicative.
 
     Found by solving for the token counts that make every published figure come out (LLaVA-OV-7B,
-    32 frames; method.md section 6):
+    32 frames; docs/method.md section 6):
 
     ====================================  ========================  ========  =========
     row                                   tokens                    computed  published
@@ -104,7 +104,6 @@ import torch
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
-    TOKENS_PER_FRAME,
     merge_frames,
     min_frames_for_budget,
     segment_frames,
@@ -145,7 +144,11 @@ class VisionConfig:
 
     @property
     def tokens_per_frame(self) -> int:
-        return self.grid * self.grid  # 729
+        return self.grid * self.grid  # 729 encoder tokens
+
+    @property
+    def pooled_tokens_per_frame(self) -> int:
+        return math.ceil(self.grid / 2) ** 2  # 196 after the 2x2 bilinear pooling (as vLLM counts)
 
 
 @dataclass(frozen=True)
@@ -350,9 +353,9 @@ def ratio_key(r: float) -> str:
     return f"{r:.2f}"
 
 
-def paper_visual_tokens(frames: int, r: float) -> int:
+def paper_visual_tokens(frames: int, r: float, tokens_per_frame: int) -> int:
     """The paper's LLM token count: ``floor(r * T * 196)`` (no newline); float-guarded."""
-    x = r * frames * TOKENS_PER_FRAME
+    x = r * frames * tokens_per_frame
     return math.floor(x + 1e-9)
 
 
@@ -378,8 +381,9 @@ def count_correct(model: ModelConfig, method: str, r: float, *, frames: int, tex
     """This project's convention (see the module docstring)."""
     v, llm = model.vision, model.llm
     compresses = r < 1.0
-    budget = video_token_budget(frames, r)
-    min_frames = min_frames_for_budget(budget)
+    per_frame = v.pooled_tokens_per_frame
+    budget = video_token_budget(frames, r, per_frame)
+    min_frames = min_frames_for_budget(budget, per_frame)
     used_schedule: Schedule | None = None
     if method in ("full", "post_encoder") or not compresses:
         counts = [frames] * (v.layers + 1)
@@ -392,7 +396,7 @@ def count_correct(model: ModelConfig, method: str, r: float, *, frames: int, tex
     if used_schedule is not None:
         counts = frames_per_layer(frames, used_schedule, v.layers, min_frames)
     full_tokens = method == "full" or not compresses
-    visual = frames * TOKENS_PER_FRAME + 1 if full_tokens else budget + 1
+    visual = frames * per_frame + 1 if full_tokens else budget + 1
     n = visual + text_tokens
     per_frame_layer = paper_layer_macs(v.tokens_per_frame, v.width, v.mlp)
     parts = {
@@ -419,13 +423,14 @@ def count_paper(model: ModelConfig, method: str, r: float, *, frames: int, sched
         llm_merge = True
     elif method in ("earlytom", "earlytom_no_llm_merge"):
         used_schedule = schedule
-        budget = video_token_budget(frames, r)
-        counts = frames_per_layer(frames, schedule, v.layers, min_frames_for_budget(budget))
+        budget = video_token_budget(frames, r, v.pooled_tokens_per_frame)
+        counts = frames_per_layer(frames, schedule, v.layers,
+                                  min_frames_for_budget(budget, v.pooled_tokens_per_frame))
         llm_merge = method == "earlytom"
     else:
         raise ValueError(f"unknown method {method!r}")
-    visual = frames * TOKENS_PER_FRAME if method == "full" or not compresses else \
-        paper_visual_tokens(frames, r)
+    visual = frames * v.pooled_tokens_per_frame if method == "full" or not compresses else \
+        paper_visual_tokens(frames, r, v.pooled_tokens_per_frame)
     encoder = sum(paper_layer_macs(f * v.tokens_per_frame, v.width, v.mlp) for f in counts[:-1])
     if llm_merge and llm.layers > LLM_MERGE_LAYER:
         llm_macs = (LLM_MERGE_LAYER * paper_layer_macs(visual, llm.hidden, llm.intermediate)
@@ -437,11 +442,11 @@ def count_paper(model: ModelConfig, method: str, r: float, *, frames: int, sched
                   parts={"encoder": encoder, "llm": llm_macs}, per_mac=per_mac)
 
 
-# Published figures (LLaVA-OV-7B, 32 frames; method.md section 6) and how each is reproduced.
+# Published figures (LLaVA-OV-7B, 32 frames; docs/method.md section 6) and how each is reproduced.
 PAPER_FIGURES: tuple[tuple[str, str, str, float, str, float], ...] = (
     # (name, convention, method, ratio, part, published TFLOPs)
     ("vision encoder, one sequence (paper)", "paper", "full", 1.0, "encoder", 41.8),
-    ("vision encoder, per frame (method.md)", "correct", "full", 1.0, "encoder", 10.25),
+    ("vision encoder, per frame (docs/method.md)", "correct", "full", 1.0, "encoder", 10.25),
     ("full tokens", "paper", "full", 1.0, "total", 82.6),
     ("VisionZip/FastVID 25% (post-encoder)", "paper", "post_encoder", 0.25, "total", 50.5),
     ("VisionZip/FastVID 10% (post-encoder)", "paper", "post_encoder", 0.10, "total", 45.2),
@@ -462,7 +467,7 @@ def build_results(*, ratios: Sequence[float] = DEFAULT_RATIOS,
         raise ValueError(f"text_tokens must be >= 0, got {text_tokens}")
     ratios = [float(r) for r in ratios]
     for r in ratios:
-        video_token_budget(1, r)  # validates the ratio (0 < r <= 1)
+        video_token_budget(1, r, 1)  # validates the ratio (0 < r <= 1)
     base_schedule = parse_schedule(schedule or DEFAULT_SCHEDULE)
     cfg = EarlyTomConfig()
     models: dict[str, Any] = {}

@@ -500,11 +500,11 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def expected_visual_tokens(method: str, frames: int, ratio: float) -> int:
-    if method == "none" or ratio >= 1.0:
-        return TOKENS_PER_FRAME * frames + 1
-    from earlytom_vllm.core.budget import video_token_budget
+    from earlytom_vllm import EarlyTomConfig
+    from earlytom_vllm.plan import video_rows
 
-    return video_token_budget(frames, ratio) + 1
+    return video_rows(frames, EarlyTomConfig(method=method, retain_ratio=ratio), TOKENS_PER_FRAME,
+                      1)
 
 
 def summarize_cell(samples: list[Sample], wall: float, method: str, c: int,

@@ -118,7 +118,7 @@ BENCH_SIZES: dict[str, Any] = {
 }
 QUICK_SIZES: dict[str, Any] = {}  # ensure_checkpoint() defaults: the tests' tiny checkpoint
 
-#: Paper targets (method.md section 6).
+#: Paper targets (docs/method.md section 6).
 TARGET_VS_NONE = 2.65
 TARGET_VS_BASELINE = 1.3
 TARGET_RATIO = 0.10
@@ -176,12 +176,12 @@ def request_kwargs(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def expected_rows(method: str, ratio: float | None, frames: int) -> int:
-    """Placeholder tokens of the video: ``video_token_budget(T, r) + 1`` (full: ``196 T + 1``)."""
-    from earlytom_vllm.core.budget import TOKENS_PER_FRAME, video_token_budget
+    """Placeholder tokens of the video (the library's count: budget + newline)."""
+    from earlytom_vllm import EarlyTomConfig
+    from earlytom_vllm.plan import video_rows
 
-    if method == "none" or ratio is None or ratio >= 1.0:
-        return frames * TOKENS_PER_FRAME + 1
-    return video_token_budget(frames, ratio) + 1
+    cfg = EarlyTomConfig(method=method, retain_ratio=1.0 if ratio is None else ratio)
+    return video_rows(frames, cfg, 196, 1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from earlytom_vllm import EarlyTomConfig
     from earlytom_vllm.checkpoints import ensure_tiny_checkpoint
-    from earlytom_vllm.core import video_token_budget
-    from earlytom_vllm.hf import compress_hf_video
+    from earlytom_vllm.core import video_token_count
+    from earlytom_vllm.hf import HFSiglipTower, compress_hf_video
     from earlytom_vllm.synthetic import scene_video
 
     try:
@@ -42,16 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         result = compress_hf_video(model, pixels, config)
     t2 = time.perf_counter()
 
-    budget = video_token_budget(args.frames, config.retain_ratio)
+    per_frame = HFSiglipTower(model).tokens_per_frame
+    full = args.frames * per_frame
+    budget = video_token_count(args.frames, config, per_frame)
     print(f"video: {args.frames} frames, {args.scenes} scenes (synthetic), checkpoint {path.name}")
     print(f"config: {config.to_dict()}")
-    print(f"visual tokens: {args.frames * 196} + 1 newline -> budget {budget} + 1 newline "
-          f"({budget / (args.frames * 196):.1%})")
+    print(f"visual tokens: {full} + 1 newline -> budget {budget} + 1 newline "
+          f"({budget / full:.1%})")
     print(f"frames entering each of the {len(result.frames_per_layer)} encoder layers: "
           f"{result.frames_per_layer}")
     print(f"refined groups over the {result.frames_out} surviving frames: {result.groups}")
-    per_frame = torch.bincount(result.index // 196, minlength=result.frames_out).tolist()
-    print(f"tokens kept per surviving frame: {per_frame}")
+    kept = torch.bincount(result.index // per_frame, minlength=result.frames_out).tolist()
+    print(f"tokens kept per surviving frame: {kept}")
     print(f"encoder time: full tokens {t1 - t0:.2f} s, EarlyTom {t2 - t1:.2f} s (tiny model, CPU)")
     if result.tokens.shape[0] != budget:  # the serving rule, checked where users see it
         raise AssertionError(f"kept {result.tokens.shape[0]} tokens, budget is {budget}")

@@ -3,8 +3,9 @@
 Per instance and reversible: :func:`apply_earlytom` replaces the instance's ``get_video_features``
 (an instance attribute shadowing the class method; nothing global is patched) with one that runs
 the shared core loop over transformers' own SigLIP modules; :func:`remove_earlytom` restores it.
-Because the LLM sees ``video_token_budget(T, r) + 1`` tokens per video, the prompt must carry that
-many video placeholders: :func:`shrink_video_placeholders` rewrites processor outputs accordingly.
+Because the LLM sees ``video_rows(T, config, 196, 1)`` tokens per video (the budget plus the
+newline), the prompt must carry that many video placeholders: :func:`shrink_video_placeholders`
+rewrites processor outputs accordingly.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import torch
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
+from earlytom_vllm.core.attention import pool_received
 from earlytom_vllm.plan import video_rows
+
+NEWLINE_ROWS = 1  # LLaVA-OneVision appends one image_newline per video
 
 _ATTR = "_earlytom"
 
@@ -36,7 +40,9 @@ class HFSiglipTower:
             raise ValueError(f"EarlyTom needs a single vision_feature_layer, got {fl!r}")
         self.num_layers = depth + fl + 1 if fl < 0 else fl  # hidden_states[fl] = after that many
         self.layers = self.vision.encoder.layers
-        self.grid = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        self.grid = cfg.vision_config.image_size // cfg.vision_config.patch_size  # 27
+        self.pooled = -(-self.grid // getattr(cfg, "spatial_pool_stride", 2))  # 14
+        self.tokens_per_frame = self.pooled * self.pooled  # 196
         self.select_strategy = cfg.vision_feature_select_strategy
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -48,6 +54,9 @@ class HFSiglipTower:
 
     def layer_with_received(self, i: int, hidden: torch.Tensor,
                             chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mirrors transformers 5.x ``SiglipEncoderLayer.forward`` (pre-norm attention and MLP
+        with residuals), with the softmax in frame chunks; pinned to it by
+        ``tests/vllm/test_plugin.py``."""
         layer = self.layers[i]
         attn = layer.self_attn
         f, n, _ = hidden.shape
@@ -66,6 +75,9 @@ class HFSiglipTower:
         if self.select_strategy == "default":
             hidden = hidden[:, 1:]
         return self.inner.apply_pooling(self.inner.multi_modal_projector(hidden))
+
+    def pool_received(self, received: torch.Tensor) -> torch.Tensor:
+        return pool_received(received, self.grid, self.pooled)  # [F, 729] -> [F, 196]
 
 
 def compress_hf_video(model: Any, pixels: torch.Tensor, config: EarlyTomConfig) -> VideoCompression:
@@ -119,11 +131,14 @@ def last_compression(model: Any) -> VideoCompression | None:
 
 def shrink_video_placeholders(input_ids: torch.Tensor, video_token_id: int,
                               frames_per_video: list[int], config: EarlyTomConfig,
-                              attention_mask: torch.Tensor | None = None):
-    """Rewrite a batch-of-one prompt so each video has ``video_rows(T, config)`` placeholders.
+                              attention_mask: torch.Tensor | None = None, *,
+                              tokens_per_frame: int):
+    """Rewrite a batch-of-one prompt so each video has ``video_rows(T, config, 196, 1)``
+    placeholders.
 
-    ``input_ids [1, L]`` with runs of ``196*T + 1`` video tokens (as transformers' processor
-    writes them) -> ``[1, L']``. Returns ``(input_ids, attention_mask)``.
+    ``input_ids [1, L]`` with runs of ``tokens_per_frame*T + 1`` video tokens (as transformers'
+    processor writes them; ``HFSiglipTower(model).tokens_per_frame``) -> ``[1, L']``. Returns
+    ``(input_ids, attention_mask)``.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must be [1, L], got {tuple(input_ids.shape)}")
@@ -140,7 +155,8 @@ def shrink_video_placeholders(input_ids: torch.Tensor, video_token_id: int,
             j += 1
         if v >= len(frames_per_video):
             raise ValueError("input_ids has more video placeholder runs than frames_per_video")
-        out.extend([video_token_id] * video_rows(frames_per_video[v], config))
+        out.extend([video_token_id] * video_rows(frames_per_video[v], config, tokens_per_frame,
+                                                 NEWLINE_ROWS))
         v, i = v + 1, j
     if v != len(frames_per_video):
         raise ValueError(f"found {v} video placeholder runs, frames_per_video has {len(frames_per_video)}")

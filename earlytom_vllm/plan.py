@@ -1,10 +1,11 @@
 """The per-video plan: everything the model needs to compress one video, as a row of integers.
 
-The vLLM processor (API-server process) resolves each video's effective configuration (server-wide
-defaults from ``hf_config.earlytom`` merged with the request's ``mm_processor_kwargs["earlytom"]``),
-validates it, fixes the placeholder count with :func:`video_token_budget`, and ships this row to
-the model as a per-video integer field. The model decodes the same row, so the processor and the
-model cannot disagree on the count. Framework-free: plain Python and the core budget function.
+A vLLM processor (API-server process) resolves each video's effective configuration (the model
+family's defaults, then ``hf_config.earlytom``, then the request's
+``mm_processor_kwargs["earlytom"]``), validates it, and ships this row to the model as a per-video
+integer field; the placeholder count is read back from the same row. The model decodes the same
+row, so the processor and the model cannot disagree on the count. Framework-free: plain Python and
+the core's counting function (no torch).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from earlytom_vllm.config import METHODS, EarlyTomConfig
-from earlytom_vllm.core.budget import TOKENS_PER_FRAME, video_token_budget
+from earlytom_vllm.config import MAX_PRUNE_LAYERS, METHODS, EarlyTomConfig
+from earlytom_vllm.core.budget import video_token_count
 
 
 def _f2i(x: float) -> int:
@@ -25,56 +26,49 @@ def _f2i(x: float) -> int:
 def _i2f(v: int) -> float:
     return struct.unpack("<d", struct.pack("<q", int(v)))[0]
 
-MAX_PRUNE_LAYERS = 8
-_HEADER = 10
+
+_HEADER = 12
 PLAN_WIDTH = _HEADER + MAX_PRUNE_LAYERS
-# Per-request keys. Server-level knobs (max_frames, attention_chunk_frames) stay server-wide.
-REQUEST_KEYS = ("retain_ratio", "prune_layers", "tau", "max_window", "ema", "enabled",
-                "keep_last_middle", "method")
+_FLAGS = ("enabled", "keep_last_middle", "trace")
 
 
-def video_rows(num_frames: int, config: EarlyTomConfig) -> int:
-    """Placeholder tokens (= embedding rows) of one video, the newline included."""
-    if config.compresses:
-        return video_token_budget(num_frames, config.retain_ratio, TOKENS_PER_FRAME) + 1
-    return num_frames * TOKENS_PER_FRAME + 1
-
-
-def request_config(defaults: EarlyTomConfig, overrides: object) -> EarlyTomConfig:
-    """The effective configuration of one request; ``ValueError`` naming the field if invalid."""
-    if overrides is None:
-        return defaults
-    if not isinstance(overrides, dict):
-        raise ValueError(f"earlytom must be an object of settings, got {overrides!r}")
-    for key in overrides:
-        if key not in REQUEST_KEYS:
-            raise ValueError(
-                f"earlytom.{key} cannot be set per request (allowed: {', '.join(REQUEST_KEYS)})"
-            )
-    try:
-        cfg = defaults.merged(overrides)
-    except (ValueError, TypeError) as exc:
-        msg = str(exc)
-        raise ValueError(msg if msg.startswith("earlytom.") else f"earlytom.{msg}") from None
-    if len(cfg.prune_layers) > MAX_PRUNE_LAYERS:
-        raise ValueError(f"earlytom.prune_layers may name at most {MAX_PRUNE_LAYERS} layers")
-    return cfg
+def video_rows(num_frames: int, config: EarlyTomConfig, tokens_per_frame: int,
+               extra_rows: int) -> int:
+    """Placeholder tokens (= embedding rows) of one video: the kept visual tokens plus the rows
+    the model family appends per video (LLaVA-OneVision: one newline; Qwen2.5-VL: none)."""
+    return video_token_count(num_frames, config, tokens_per_frame) + extra_rows
 
 
 @dataclass(frozen=True)
 class VideoPlan:
+    """One video's plan. ``tokens_per_frame`` and ``extra_rows`` come from the model family (for
+    Qwen2.5-VL ``tokens_per_frame`` depends on the video's resolution)."""
+
     num_frames: int
-    rows: int
+    tokens_per_frame: int
+    extra_rows: int
     config: EarlyTomConfig
+
+    @property
+    def rows(self) -> int:
+        return video_rows(self.num_frames, self.config, self.tokens_per_frame, self.extra_rows)
+
+    @property
+    def kept_tokens(self) -> int:
+        """Visual tokens the encoder returns (rows without the family's extra rows)."""
+        return self.rows - self.extra_rows
 
     def encode(self) -> list[int]:
         c = self.config
         layers = list(c.prune_layers) + [-1] * (MAX_PRUNE_LAYERS - len(c.prune_layers))
+        flags = sum(int(getattr(c, name)) << bit for bit, name in enumerate(_FLAGS))
         return [
             self.num_frames,
+            self.tokens_per_frame,
+            self.extra_rows,
             self.rows,
             _f2i(c.retain_ratio),
-            int(c.enabled) | (int(c.keep_last_middle) << 1),
+            flags,
             METHODS.index(c.method),
             c.max_window,
             _f2i(c.tau),
@@ -85,28 +79,23 @@ class VideoPlan:
         ]
 
     @classmethod
-    def build(cls, num_frames: int, config: EarlyTomConfig) -> VideoPlan:
-        return cls(num_frames, video_rows(num_frames, config), config)
-
-    @classmethod
     def decode(cls, row: Sequence[int]) -> VideoPlan:
         if len(row) != PLAN_WIDTH:
             raise ValueError(f"plan row must have {PLAN_WIDTH} integers, got {len(row)}")
         r = [int(v) for v in row]
-        flags = r[3]
+        flags = {name: bool(r[5] >> bit & 1) for bit, name in enumerate(_FLAGS)}
         config = EarlyTomConfig(
-            retain_ratio=_i2f(r[2]),
+            retain_ratio=_i2f(r[4]),
             prune_layers=tuple(v for v in r[_HEADER:] if v >= 0),
-            tau=_i2f(r[6]),
-            max_window=r[5],
-            ema=_i2f(r[7]),
-            enabled=bool(flags & 1),
-            keep_last_middle=bool(flags & 2),
-            method=METHODS[r[4]],
-            max_frames=r[8],
-            attention_chunk_frames=r[9],
+            tau=_i2f(r[8]),
+            max_window=r[7],
+            ema=_i2f(r[9]),
+            method=METHODS[r[6]],
+            max_frames=r[10],
+            attention_chunk_frames=r[11],
+            **flags,
         )
-        plan = cls(r[0], r[1], config)
-        if plan.rows != video_rows(plan.num_frames, config):
-            raise ValueError(f"plan rows {plan.rows} disagree with the budget of {row}")
+        plan = cls(r[0], r[1], r[2], config)
+        if plan.rows != r[3]:
+            raise ValueError(f"plan rows {r[3]} disagree with the budget of {row}")
         return plan

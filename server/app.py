@@ -48,34 +48,15 @@ from earlytom_server.schemas import REJECTED_FIELDS, ChatCompletionRequest
 from earlytom_server.settings import Settings
 from earlytom_server.supervisor import BackendSupervisor, CommandFactory
 from earlytom_vllm import EarlyTomConfig
+from earlytom_vllm.config import EarlyTomConfigError, request_config
 
 log = logging.getLogger("earlytom_server.app")
 
-TOKENS_PER_FRAME = 196
 CHAT_PATH = "/v1/chat/completions"
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def effective_method(cfg: EarlyTomConfig) -> str:
-    return cfg.method if cfg.compresses else "none"
-
-
-def _budget(frames: int, ratio: float) -> int:
-    # budget.py imports torch: load it on first use (and warm it at start-up, off the event loop).
-    from earlytom_vllm.core.budget import video_token_budget
-
-    return video_token_budget(frames, ratio)
-
-
-def visual_tokens(frames: Sequence[int], cfg: EarlyTomConfig) -> tuple[int, int]:
-    """(before, after) visual tokens for videos of ``frames`` frames each (newline included)."""
-    before = sum(TOKENS_PER_FRAME * t + 1 for t in frames)
-    if not cfg.compresses:
-        return before, before
-    return before, sum(_budget(t, cfg.retain_ratio) + 1 for t in frames)
 
 
 def _clean_loc(loc: Sequence[Any]) -> list[Any]:
@@ -114,15 +95,6 @@ def validation_error(errors: Sequence[dict[str, Any]], *, drop_prefix: int = 0) 
                     code="invalid_value")
 
 
-def _earlytom_param(message: str) -> str:
-    first = message.split(" ", 1)[0]
-    if first.startswith("earlytom."):
-        return first
-    if first in EarlyTomConfig.field_names():
-        return f"earlytom.{first}"
-    return "earlytom"
-
-
 @dataclass
 class Labels:
     model: str = "unknown"
@@ -132,7 +104,7 @@ class Labels:
 @dataclass
 class Prepared:
     body: dict[str, Any]
-    frames: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)  # frames of each checked video
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +158,6 @@ class FrontEnd:
             self.supervisor = BackendSupervisor(settings, self.pool,
                                                 command_factory=command_factory,
                                                 env=supervisor_env)
-        self._warm: asyncio.Task[int] | None = None
         self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -196,13 +167,8 @@ class FrontEnd:
         await self.pool.start()
         if self.supervisor is not None:
             await self.supervisor.start()
-        # Import the budget function (and torch) off the event loop, without delaying start-up.
-        self._warm = asyncio.create_task(asyncio.to_thread(_budget, 1, 1.0))
 
     async def shutdown(self) -> None:
-        if self._warm is not None:
-            with contextlib.suppress(Exception):
-                await self._warm
         if self.supervisor is not None:
             await self.supervisor.stop()
         await self.pool.stop()
@@ -270,11 +236,11 @@ class FrontEnd:
             raise APIError(400, f"earlytom.frames_as_video must be true or false, got "
                            f"{frames_as_video!r}", param="earlytom.frames_as_video",
                            code="invalid_value")
-        try:
-            cfg = self.default_cfg.merged(overrides)
-        except (ValueError, TypeError) as exc:
-            raise APIError(400, f"invalid earlytom setting: {exc}",
-                           param=_earlytom_param(str(exc)), code="invalid_value") from None
+        try:  # the engine's processor validates with the same function
+            cfg = request_config(self.default_cfg, overrides)
+        except EarlyTomConfigError as exc:
+            raise APIError(400, f"invalid earlytom setting: {exc}", param=exc.field,
+                           code="invalid_value") from None
         return overrides, frames_as_video, cfg
 
     def resolve_model(self, requested: str | None) -> str:
@@ -348,7 +314,7 @@ class FrontEnd:
     # -- the chat route ---------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        labels = Labels(method=effective_method(self.default_cfg))
+        labels = Labels(method=self.default_cfg.effective_method)
         try:
             self.check_auth(request)
             body = await self.read_json(request)
@@ -362,7 +328,7 @@ class FrontEnd:
                     raise APIError(400, why, param=name, code="invalid_value")
             labels.model = self.resolve_model(req.model)
             overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
-            labels.method = effective_method(cfg)
+            labels.method = cfg.effective_method
         except APIError as exc:
             self.metrics.requests.labels(labels.model, labels.method, str(exc.status)).inc()
             return exc.response()
@@ -392,8 +358,7 @@ class FrontEnd:
                     status, resp = self._error_from_backend(response)
                     return resp
                 handed_off = True
-                return self._stream(response, backend, labels, cfg, prepared.frames, t0,
-                                    strip_usage)
+                return self._stream(response, backend, labels, t0, strip_usage)
             response, backend = await self.unless_disconnected(
                 request, self._send(labels.model, upstream, stream=False))
             if response.status_code != 200:
@@ -406,8 +371,7 @@ class FrontEnd:
                                code="backend_error") from None
             elapsed = time.perf_counter() - t0
             self.metrics.ttft.labels(labels.model, labels.method).observe(elapsed)
-            self._count_success(labels, data.get("usage") if isinstance(data, dict) else None,
-                                cfg, prepared.frames)
+            self._count_success(labels, data.get("usage") if isinstance(data, dict) else None)
             status = 200
             return Response(content=response.content, media_type="application/json")
         except APIError as exc:
@@ -489,8 +453,7 @@ class FrontEnd:
         body = normalize_error_body(status, response.content)
         return status, JSONResponse(body, status_code=status)
 
-    def _count_success(self, labels: Labels, usage: Any, cfg: EarlyTomConfig,
-                       frames: list[int]) -> None:
+    def _count_success(self, labels: Labels, usage: Any) -> None:
         m = self.metrics
         if isinstance(usage, dict):
             prompt = usage.get("prompt_tokens")
@@ -499,13 +462,9 @@ class FrontEnd:
                 m.prompt_tokens.labels(labels.model, labels.method).inc(prompt)
             if isinstance(completion, int) and completion >= 0:
                 m.output_tokens.labels(labels.model, labels.method).inc(completion)
-        if frames:
-            before, after = visual_tokens(frames, cfg)
-            m.visual_before.labels(labels.model, labels.method).inc(before)
-            m.visual_after.labels(labels.model, labels.method).inc(after)
 
-    def _stream(self, response: Any, backend: Backend, labels: Labels, cfg: EarlyTomConfig,
-                frames: list[int], t0: float, strip_usage: bool) -> StreamingResponse:
+    def _stream(self, response: Any, backend: Backend, labels: Labels, t0: float,
+                strip_usage: bool) -> StreamingResponse:
         state = StreamState()
         metrics = self.metrics
         pool = self.pool
@@ -534,7 +493,7 @@ class FrontEnd:
                 outcome["status"] = state.error_status
             else:
                 outcome["status"] = 200
-                self._count_success(labels, state.usage, cfg, frames)
+                self._count_success(labels, state.usage)
 
         async def close() -> None:
             # Runs once the response is over, however it ended (also if the client disconnected

@@ -15,13 +15,11 @@ rejected by the front end's own checks only count in ``earlytom_requests_total``
 until the first chunk with content; non-streaming, until the whole response. Token counters count
 successful (200) requests; prompt tokens are vLLM's ``usage.prompt_tokens`` (compressed prompt).
 
-Visual-token counters are computed, not measured: per video ``196 * T + 1`` tokens before and
-``video_token_budget(T, r) + 1`` after compression (the same as before when the request does not
-compress), where ``T`` is the number of frames the backend samples. The front end decodes every
-video itself, so ``T`` is ``min(num_frames, frames that decode)`` using vLLM's own sampling rule
-(uniform ``linspace`` over the container's frame count); for frame lists (frames-as-video, or
-``data:video/jpeg``) it is the number of frames forwarded. It can differ from the backend's count
-only if the backend decodes a file differently than OpenCV does here.
+Visual-token counters (``earlytom_visual_tokens_{before,after}_total{model, method}``) are not the
+front end's: the EarlyTom processor adds them in vLLM's API-server process, from the same per-video
+plan that fixes the placeholder count, so they appear on the engine's ``/metrics`` (the ``vllm``
+scrape job) and count exactly what the engine encodes (its own frame sampling, edit lists and
+all). The front end never decodes a video to count it.
 """
 
 from __future__ import annotations
@@ -42,19 +40,6 @@ TTFT_BUCKETS = (
 )
 #: Whole requests run longer than their first token.
 DURATION_BUCKETS = (*TTFT_BUCKETS, 90.0, 120.0, 180.0, 300.0, 600.0)
-
-METRIC_NAMES = (
-    "earlytom_time_to_first_token_seconds",
-    "earlytom_request_duration_seconds",
-    "earlytom_output_tokens_total",
-    "earlytom_prompt_tokens_total",
-    "earlytom_requests_total",
-    "earlytom_requests_in_flight",
-    "earlytom_visual_tokens_before_total",
-    "earlytom_visual_tokens_after_total",
-    "earlytom_backend_up",
-    "earlytom_backend_restarts_total",
-)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -93,16 +78,6 @@ class Metrics:
         self.in_flight = Gauge(
             "earlytom_requests_in_flight", "Chat completion requests being served.",
             ["model"], registry=r,
-        )
-        self.visual_before = Counter(
-            "earlytom_visual_tokens_before",
-            "Video tokens the prompt would hold without compression (196*T+1 per video).",
-            ["model", "method"], registry=r,
-        )
-        self.visual_after = Counter(
-            "earlytom_visual_tokens_after",
-            "Video tokens in the prompt after compression (video_token_budget(T, r)+1 per video).",
-            ["model", "method"], registry=r,
         )
         self.backend_up = Gauge(
             "earlytom_backend_up", "1 when the backend answers its health check, else 0.",

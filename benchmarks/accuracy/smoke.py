@@ -136,11 +136,10 @@ def parse_letter(text: str | None) -> str | None:
 
 
 def visual_tokens(frames: int, ratio: float) -> int:
-    if ratio >= 1.0:
-        return TOKENS_PER_FRAME * frames + 1
-    from earlytom_vllm.core.budget import video_token_budget
+    from earlytom_vllm import EarlyTomConfig
+    from earlytom_vllm.plan import video_rows
 
-    return video_token_budget(frames, ratio) + 1
+    return video_rows(frames, EarlyTomConfig(retain_ratio=ratio), TOKENS_PER_FRAME, 1)
 
 
 def text_token_counter(checkpoint: str | None):

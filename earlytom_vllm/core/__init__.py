@@ -1,44 +1,37 @@
-"""EarlyTom, the algorithm: pure torch, no serving-framework imports."""
+"""EarlyTom, the algorithm: pure torch, no serving-framework imports.
 
-from earlytom_vllm.core.attention import attention_with_received, pool_received, received_attention
-from earlytom_vllm.core.baselines import evs_select, post_encoder_select
-from earlytom_vllm.core.budget import (
-    TOKENS_PER_FRAME,
-    allocate_quota,
-    min_frames_for_budget,
-    tokens_per_frame_kept,
-    video_token_budget,
-)
-from earlytom_vllm.core.encoder import (
-    EncoderRun,
-    VideoCompression,
-    VisionTower,
-    compress_video,
-    run_encoder,
-)
-from earlytom_vllm.core.selection import dynamic_mask, select_tokens
-from earlytom_vllm.core.temporal import merge_frames, segment_frames, similarity_band, stage1
+Names load lazily (PEP 562), so ``from earlytom_vllm.core.budget import video_token_count`` (or
+``earlytom_vllm.core.video_token_count``) counts tokens without importing torch.
+"""
 
-__all__ = [
-    "TOKENS_PER_FRAME",
-    "EncoderRun",
-    "VideoCompression",
-    "VisionTower",
-    "allocate_quota",
-    "attention_with_received",
-    "compress_video",
-    "dynamic_mask",
-    "evs_select",
-    "merge_frames",
-    "min_frames_for_budget",
-    "pool_received",
-    "post_encoder_select",
-    "received_attention",
-    "run_encoder",
-    "segment_frames",
-    "select_tokens",
-    "similarity_band",
-    "stage1",
-    "tokens_per_frame_kept",
-    "video_token_budget",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "budget": ("allocate_quota", "min_frames_for_budget", "tokens_per_frame_kept",
+               "video_token_budget", "video_token_count"),
+    "attention": ("attention_with_received", "pool_merge_units", "pool_received",
+                  "received_attention"),
+    "baselines": ("evs_select", "post_encoder_select"),
+    "encoder": ("EncoderRun", "VideoCompression", "VisionTower", "compress_video", "run_encoder"),
+    "selection": ("dynamic_mask", "select_tokens"),
+    "temporal": ("merge_frames", "segment_frames", "similarity_band", "stage1"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -90,8 +90,8 @@ def received_attention(
     return received / (h * n)
 
 
-def pool_received(received: torch.Tensor, grid: int = 27, pooled: int = 14) -> torch.Tensor:
-    """Pool per-token attention like LLaVA-OneVision pools features: bilinear 27x27 -> 14x14.
+def pool_received(received: torch.Tensor, grid: int, pooled: int) -> torch.Tensor:
+    """Pool per-token attention like LLaVA-OneVision pools features: bilinear, e.g. 27x27 -> 14x14.
 
     ``[T, grid*grid]`` -> ``[T, pooled*pooled]`` (align_corners=False).
     """
@@ -102,3 +102,14 @@ def pool_received(received: torch.Tensor, grid: int = 27, pooled: int = 14) -> t
     x = torch.nn.functional.interpolate(x, size=(pooled, pooled), mode="bilinear",
                                         align_corners=False)
     return x.reshape(t, pooled * pooled)  # [T, 1, 14, 14] -> [T, 196]
+
+
+def pool_merge_units(received: torch.Tensor, unit: int) -> torch.Tensor:
+    """Pool per-token attention like a patch merger fuses features: the mean over each run of
+    ``unit`` consecutive tokens (Qwen2.5-VL: the 4 patches of a 2x2 merge unit, which are
+    consecutive in its window order). ``[T, N]`` -> ``[T, N / unit]``."""
+    if received.ndim != 2 or unit < 1 or received.shape[1] % unit:
+        raise ValueError(f"received must be [T, N] with N divisible by {unit}, "
+                         f"got {tuple(received.shape)}")
+    t, n = received.shape
+    return received.reshape(t, n // unit, unit).mean(dim=-1)  # [T, N] -> [T, N/u, u] -> [T, N/u]

@@ -1,17 +1,24 @@
 """Token accounting: the single source of truth for how many visual tokens a video takes.
 
-The serving rule (``method.md`` section 4): the count is fixed before encoding,
-``budget(T, r) = T * ceil(196 * r)`` (+ one newline, added by the caller). The vLLM processor,
-the model, the front end's metrics and the benchmarks all call :func:`video_token_budget`.
+The serving rule (``docs/method.md`` section 4): the count is fixed before encoding,
+``budget(T, r) = T * ceil(tokens_per_frame * r)``. ``tokens_per_frame`` belongs to the model and
+the video (LLaVA-OneVision: 196 after pooling; Qwen2.5-VL: ``(h/2) * (w/2)`` of the video's grid),
+so every function here takes it. The vLLM processors, the models, the encoder loop and the
+benchmarks all count with :func:`video_token_count`.
+
+Pure Python: counting never imports torch (:func:`allocate_quota` works on a tensor it is given).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-TOKENS_PER_FRAME = 196  # 27x27 SigLIP grid pooled bilinearly to 14x14
+    from earlytom_vllm.config import EarlyTomConfig
+
 _INT_SNAP = 1e-9
 
 
@@ -43,30 +50,35 @@ def _check_count(name: str, value: int, lo: int = 1) -> int:
     return value
 
 
-def tokens_per_frame_kept(retain_ratio: float, tokens_per_frame: int = TOKENS_PER_FRAME) -> int:
+def tokens_per_frame_kept(retain_ratio: float, tokens_per_frame: int) -> int:
     """``ceil(tokens_per_frame * retain_ratio)`` with the float guard; always >= 1."""
     r = _check_ratio(retain_ratio)
     n = _check_count("tokens_per_frame", tokens_per_frame)
     return max(1, _ceil_snapped(n * r))
 
 
-def video_token_budget(
-    num_frames: int, retain_ratio: float, tokens_per_frame: int = TOKENS_PER_FRAME
-) -> int:
-    """Visual tokens kept for a video of ``num_frames`` frames (the newline is not included)."""
+def video_token_budget(num_frames: int, retain_ratio: float, tokens_per_frame: int) -> int:
+    """Visual tokens kept for a video of ``num_frames`` frames (a newline is not included)."""
     t = _check_count("num_frames", num_frames)
     return t * tokens_per_frame_kept(retain_ratio, tokens_per_frame)
 
 
-def min_frames_for_budget(budget: int, tokens_per_frame: int = TOKENS_PER_FRAME) -> int:
+def video_token_count(num_frames: int, config: EarlyTomConfig, tokens_per_frame: int) -> int:
+    """Visual tokens a video keeps under ``config``: the budget when it compresses, else all
+    ``num_frames * tokens_per_frame`` (``enabled=False``, ``method="none"`` or ratio 1)."""
+    if config.compresses:
+        return video_token_budget(num_frames, config.retain_ratio, tokens_per_frame)
+    return _check_count("num_frames", num_frames) * _check_count("tokens_per_frame",
+                                                                 tokens_per_frame)
+
+
+def min_frames_for_budget(budget: int, tokens_per_frame: int) -> int:
     """Fewest frames that can hold ``budget`` tokens (no frame holds more than ``tokens_per_frame``)."""
     b = _check_count("budget", budget)
     return -(-b // _check_count("tokens_per_frame", tokens_per_frame))
 
 
-def allocate_quota(
-    budget: int, dynamic: torch.Tensor, tokens_per_frame: int = TOKENS_PER_FRAME
-) -> torch.Tensor:
+def allocate_quota(budget: int, dynamic: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """Spread ``budget`` over frames: ``budget // T'`` each, the remainder one token each to the
     dynamic frames first, then to the static frames, in temporal order.
 
@@ -76,6 +88,8 @@ def allocate_quota(
     Returns:
         ``[T']`` int64 quota on ``dynamic``'s device, summing to ``budget``.
     """
+    import torch  # already loaded: the caller holds a tensor; counting alone never needs it
+
     if dynamic.ndim != 1 or dynamic.dtype != torch.bool:
         raise ValueError(f"dynamic must be a 1-D bool tensor, got {tuple(dynamic.shape)} {dynamic.dtype}")
     frames = dynamic.shape[0]

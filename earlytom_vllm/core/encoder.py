@@ -1,8 +1,10 @@
 """The one encoder loop with Stage I, and the whole compression pipeline of one video.
 
-Adapters (vLLM, transformers) describe their vision tower with a few callables
-(:class:`VisionTower`); everything else, including which layer computes received attention and
-how many frames each layer sees, is decided here once for both.
+Adapters (per model family, for vLLM and transformers) describe their vision tower with a few
+callables (:class:`VisionTower`): what a frame is, how one layer runs, how features are projected
+and pooled, how received attention is pooled the same way. Everything else, including which layer
+computes received attention, how many frames each layer sees and how many tokens come out, is
+decided here once for all of them.
 """
 
 from __future__ import annotations
@@ -14,13 +16,8 @@ from typing import Protocol
 import torch
 
 from earlytom_vllm.config import EarlyTomConfig
-from earlytom_vllm.core.attention import pool_received
 from earlytom_vllm.core.baselines import evs_select, post_encoder_select
-from earlytom_vllm.core.budget import (
-    TOKENS_PER_FRAME,
-    min_frames_for_budget,
-    video_token_budget,
-)
+from earlytom_vllm.core.budget import min_frames_for_budget, video_token_count
 from earlytom_vllm.core.selection import select_tokens
 from earlytom_vllm.core.temporal import Groups, stage1
 
@@ -36,6 +33,7 @@ class EncoderRun:
     received: torch.Tensor | None  # [T', N] received attention (mean over heads and queries)
     groups: Groups | None  # refined groups over the T' frames (None without Stage I)
     frames_per_layer: list[int] = field(default_factory=list)  # frames entering each layer
+    origins: list[int] = field(default_factory=list)  # [T'] earliest input frame of each output
 
 
 def run_encoder(
@@ -75,6 +73,7 @@ def run_encoder(
     received: torch.Tensor | None = None
     groups: Groups | None = None
     frames: list[int] = []
+    origins = list(range(hidden.shape[0]))  # host ints, updated from each merge plan (no sync)
     for i in range(num_layers):
         frames.append(hidden.shape[0])
         if i == received_layer:
@@ -83,27 +82,42 @@ def run_encoder(
         else:
             hidden = run_layer(i, hidden)
         if i in prune:  # segment, merge, and after the last prune layer refine the groups
-            hidden, received, refined = stage1(
+            hidden, received, refined, first = stage1(
                 hidden, received, tau=tau, max_window=max_window, ema=ema,
                 min_frames=min_frames, keep_last_middle=keep_last_middle,
-                refine=i == prune_layers[-1])
+                refine=i == prune_layers[-1], with_sources=True)
             groups = refined if refined is not None else groups
-    return EncoderRun(hidden=hidden, received=received, groups=groups, frames_per_layer=frames)
+            origins = [origins[k] for k in first]  # a merged frame keeps its earlier source
+    return EncoderRun(hidden=hidden, received=received, groups=groups, frames_per_layer=frames,
+                      origins=origins)
 
 
 class VisionTower(Protocol):
-    """What an adapter provides for one model instance."""
+    """What a model family's adapter provides for one model instance and one video.
+
+    A *frame* is the unit Stage I merges (LLaVA-OneVision: a frame; Qwen2.5-VL: a temporal slice
+    of 2 frames); ``N`` is its encoder tokens, ``tokens_per_frame`` its tokens after projection and
+    pooling (or merging), in raster order.
+    """
 
     num_layers: int
-    grid: int  # tokens per side before pooling (27)
+    tokens_per_frame: int
 
-    def layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor: ...
+    def layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Encoder layer ``i`` on ``[F, N, C]`` (any number of frames F)."""
+        ...
 
     def layer_with_received(self, i: int, hidden: torch.Tensor,
-                            chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+                            chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i`` plus the attention each token receives, ``[F, N]``."""
+        ...
 
     def project_and_pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[F, grid*grid, C]`` -> ``[F, 196, D]``: projector, then bilinear pooling."""
+        """``[F, N, C]`` -> ``[F, tokens_per_frame, D]``, exactly as the stock model does."""
+        ...
+
+    def pool_received(self, received: torch.Tensor) -> torch.Tensor:
+        """``[F, N]`` -> ``[F, tokens_per_frame]``, pooled like the features."""
         ...
 
 
@@ -112,31 +126,33 @@ class VideoCompression:
     """One compressed video (before the newline)."""
 
     tokens: torch.Tensor  # [budget, D]
-    index: torch.Tensor  # [budget] ascending flat indices into T' * 196
+    index: torch.Tensor  # [budget] ascending flat indices into T' * tokens_per_frame
     budget: int
     frames_per_layer: list[int]
     frames_out: int  # T'
     groups: Groups | None
+    origins: list[int]  # [T'] earliest input frame each output frame holds (for positions)
     encoder_seconds: float = 0.0  # filled only when compress_video gets a clock
     tokens_seconds: float = 0.0  # projector + pooling + selection
 
 
 def compress_video(embeddings: torch.Tensor, tower: VisionTower, config: EarlyTomConfig,
                    *, clock: Callable[[], float] | None = None) -> VideoCompression:
-    """Encode one video ``[T, grid*grid, C]`` and keep ``video_token_budget(T, r)`` tokens.
+    """Encode one video ``[T, N, C]`` and keep ``video_token_count(T, config, tokens_per_frame)``
+    tokens.
 
     ``config.method`` picks EarlyTom or a same-budget baseline; when nothing is compressed
-    (``enabled=False``, ``method="none"`` or ``retain_ratio=1``) all ``T * 196`` tokens return.
-    ``clock`` (e.g. ``time.perf_counter`` after a device sync) times the encoder and the token
-    processing (projector, pooling, selection) separately, for benchmarks.
+    (``enabled=False``, ``method="none"`` or ``retain_ratio=1``) all ``T * tokens_per_frame``
+    tokens return. ``clock`` (benchmarks and traces only: e.g. ``time.perf_counter`` after a device
+    sync) times the encoder and the token processing (projector, pooling, selection) separately.
     """
     if embeddings.ndim != 3:
         raise ValueError(f"embeddings must be [T, N, C], got {tuple(embeddings.shape)}")
     t = embeddings.shape[0]
     n_layers = tower.num_layers
-    method = config.method if config.compresses else "none"
-    budget = video_token_budget(t, config.retain_ratio, TOKENS_PER_FRAME) if config.compresses \
-        else t * TOKENS_PER_FRAME
+    per_frame = tower.tokens_per_frame
+    method = config.effective_method
+    budget = video_token_count(t, config, per_frame)
     t0 = clock() if clock else 0.0
 
     def with_received(i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +164,7 @@ def compress_video(embeddings: torch.Tensor, tower: VisionTower, config: EarlyTo
             embeddings, tower.layer, n_layers,
             run_layer_with_received=with_received,
             prune_layers=config.prune_layers, tau=config.tau, max_window=config.max_window,
-            ema=config.ema, min_frames=min_frames_for_budget(budget, TOKENS_PER_FRAME),
+            ema=config.ema, min_frames=min_frames_for_budget(budget, per_frame),
             keep_last_middle=config.keep_last_middle,
         )
     elif method == "post_encoder":
@@ -161,15 +177,18 @@ def compress_video(embeddings: torch.Tensor, tower: VisionTower, config: EarlyTo
     t1 = clock() if clock else 0.0
 
     # Stage 2: projector + pooling, then the same-budget selection.
-    pooled = tower.project_and_pool(run.hidden)  # [T', 729, C] -> [T', 196, D]
+    pooled = tower.project_and_pool(run.hidden)  # [T', N, C] -> [T', tokens_per_frame, D]
+    if pooled.shape[1] != per_frame:
+        raise AssertionError(f"the tower pooled {pooled.shape[1]} tokens per frame, it declares "
+                             f"{per_frame}")
     if method == "none":
-        tokens = pooled.reshape(-1, pooled.shape[-1])  # [T, 196, D] -> [T*196, D]
+        tokens = pooled.reshape(-1, pooled.shape[-1])  # [T, n, D] -> [T*n, D]
         index = torch.arange(tokens.shape[0], device=tokens.device)
     elif method == "evs":
         tokens, index = evs_select(pooled, budget)
     else:
         assert run.received is not None
-        rec = pool_received(run.received, grid=tower.grid)  # [T', 729] -> [T', 196]
+        rec = tower.pool_received(run.received)  # [T', N] -> [T', tokens_per_frame]
         if method == "earlytom":
             assert run.groups is not None
             tokens, index = select_tokens(pooled, rec, run.groups, budget)
@@ -179,4 +198,5 @@ def compress_video(embeddings: torch.Tensor, tower: VisionTower, config: EarlyTo
     if tokens.shape[0] != budget:
         raise AssertionError(f"compressed video has {tokens.shape[0]} rows, budget is {budget}")
     return VideoCompression(tokens, index, budget, run.frames_per_layer, run.hidden.shape[0],
-                            run.groups, encoder_seconds=t1 - t0, tokens_seconds=t2 - t1)
+                            run.groups, run.origins, encoder_seconds=t1 - t0,
+                            tokens_seconds=t2 - t1)

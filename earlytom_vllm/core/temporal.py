@@ -139,7 +139,7 @@ def check_groups(groups: Sequence[tuple[int, int]], t: int) -> Groups:
 
 def plan_merge(band: list[list[float]], groups: Groups, *, min_frames: int = 1,
                keep_last_middle: bool = False) -> MergePlan:
-    """Decide the merges (pure Python on host floats; see ``method.md`` section 2).
+    """Decide the merges (pure Python on host floats; see ``docs/method.md`` section 2).
 
     Every reduction (a pairwise merge, or dropping a segment's last middle frame) removes one frame;
     reductions are taken in temporal order and stop once the output would fall below ``min_frames``.
@@ -224,21 +224,25 @@ def stage1(
     min_frames: int = 1,
     keep_last_middle: bool = False,
     refine: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, Groups | None]:
+    with_sources: bool = False,
+):
     """Stage I at one prune layer: :func:`segment_frames` then :func:`merge_frames`, sharing one
     similarity band (segments hold at most ``max_window - 1`` frames, so the offsets segmentation
     needs cover the merge's too). With ``refine``, the surviving frames are segmented once more.
 
-    Returns ``(hidden [T', N, D], received [T', N] | None, refined groups | None)``.
+    Returns ``(hidden [T', N, D], received [T', N] | None, refined groups | None)``, and with
+    ``with_sources`` a fourth item: for each output frame, the input frame it comes from (the
+    earlier of a merged pair), as host ints.
     """
     _check_video("hidden", hidden)
     _check_segment_args(tau, max_window, ema)
     _check_received(received, hidden)
     band = similarity_band(hidden, max_window - 1)
     groups = _segment_from_band(band, hidden.shape[0], float(tau), max_window, float(ema))
-    hidden, received = _merge(hidden, received, groups, band, min_frames, keep_last_middle)
+    hidden, received, first = _merge(hidden, received, groups, band, min_frames,
+                                     keep_last_middle)
     refined = segment_frames(hidden, tau, max_window, ema) if refine else None
-    return hidden, received, refined
+    return (hidden, received, refined, first) if with_sources else (hidden, received, refined)
 
 
 def merge_frames(
@@ -264,8 +268,9 @@ def merge_frames(
     _check_received(received, hidden)
     if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
         raise ValueError(f"min_frames must be an integer >= 1, got {min_frames!r}")
-    return _merge(hidden, received, check_groups(groups, hidden.shape[0]), None, min_frames,
-                  keep_last_middle)
+    hidden, received, _ = _merge(hidden, received, check_groups(groups, hidden.shape[0]), None,
+                                 min_frames, keep_last_middle)
+    return hidden, received
 
 
 def _check_received(received: torch.Tensor | None, hidden: torch.Tensor) -> None:
@@ -278,12 +283,15 @@ def _check_received(received: torch.Tensor | None, hidden: torch.Tensor) -> None
 
 def _merge(hidden: torch.Tensor, received: torch.Tensor | None, groups: Groups,
            band: list[list[float]] | None, min_frames: int, keep_last_middle: bool,
-           ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Plan and apply the merges; ``band`` is computed here unless the caller has one."""
+           ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """Plan and apply the merges; ``band`` is computed here unless the caller has one.
+    Returns the merged tensors and each output frame's (first) source frame."""
     longest = max(b - a + 1 for a, b in groups)
     if longest < 4 or min_frames >= hidden.shape[0]:
-        return hidden, received  # nothing can merge: no similarity needed
+        # nothing can merge: no similarity needed
+        return hidden, received, list(range(hidden.shape[0]))
     if band is None:
         band = similarity_band(hidden, longest - 1)
     plan = plan_merge(band, groups, min_frames=min_frames, keep_last_middle=keep_last_middle)
-    return apply_plan(hidden, plan), None if received is None else apply_plan(received, plan)
+    return (apply_plan(hidden, plan), None if received is None else apply_plan(received, plan),
+            plan.first)

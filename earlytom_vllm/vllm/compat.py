@@ -1,11 +1,13 @@
-"""The one place that touches vLLM internals which may move between 0.32.x releases."""
+"""The one place that touches vLLM internals which may move between releases (private helpers,
+runner attributes). Public APIs (ModelRegistry, MULTIMODAL_REGISTRY, the model classes the
+families subclass) are used directly where they are needed."""
 
 from __future__ import annotations
 
 from vllm.model_executor.models.llava import _get_num_hidden_layers
 
 
-def encoder_depth(hf_config) -> int:
+def llava_encoder_depth(hf_config) -> int:
     """Vision-encoder layers vLLM instantiates for this LLaVA-style config."""
     if not isinstance(hf_config.vision_feature_layer, int):
         raise ValueError(

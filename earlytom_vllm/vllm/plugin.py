@@ -1,4 +1,4 @@
-"""vLLM general-plugin entry point: registers the EarlyTom architecture.
+"""vLLM general-plugin entry point: registers the EarlyTom architectures.
 
 vLLM calls :func:`register` in every process it starts (API server, engine core, workers, the
 model-inspection subprocess), so it is idempotent, cheap (lazy string registration, no model or
@@ -7,12 +7,20 @@ CUDA import) and safe to call any number of times.
 
 from __future__ import annotations
 
+#: Architecture name -> the class vLLM loads for it (select with
+#: ``--hf-overrides '{"architectures": ["<name>"]}'``).
+ARCHITECTURES = {
+    "EarlyTomLlavaOnevisionForConditionalGeneration":
+        "earlytom_vllm.vllm.llava_onevision:EarlyTomLlavaOnevisionForConditionalGeneration",
+}
+#: The LLaVA-OneVision architecture (the default family).
 ARCHITECTURE = "EarlyTomLlavaOnevisionForConditionalGeneration"
-_TARGET = "earlytom_vllm.vllm.model:EarlyTomLlavaOnevisionForConditionalGeneration"
 
 
 def register() -> None:
     from vllm import ModelRegistry
 
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, _TARGET)
+    supported = ModelRegistry.get_supported_archs()
+    for name, target in ARCHITECTURES.items():
+        if name not in supported:
+            ModelRegistry.register_model(name, target)

@@ -84,7 +84,7 @@ def test_smoke_run(tmp_path, capsys):
         v = report["per_ratio"][f"{ratio:g}"]
         assert v["answered"] == v["questions"] == 6  # every question answered
         assert 0.0 <= v["accuracy"] <= 1.0
-        expected = 196 * frames + 1 if ratio == 1.0 else video_token_budget(frames, ratio) + 1
+        expected = 196 * frames + 1 if ratio == 1.0 else video_token_budget(frames, ratio, 196) + 1
         assert v["visual_tokens_expected"] == expected
         assert v["budget_ok"]
     for row in report["results"]:

@@ -88,7 +88,7 @@ def test_fitted_schedule_is_not_determined_by_the_paper_rows():
 
 
 def test_vision_per_frame_10_25():
-    # 26 layers x 32 frames x one 729-token sequence each (method.md, FLOPs accounting)
+    # 26 layers x 32 frames x one 729-token sequence each (docs/method.md, FLOPs accounting)
     assert ours("full", 1.0, "encoder") == pytest.approx(10.25, abs=0.05)
 
 
@@ -122,7 +122,7 @@ def test_llm_uses_gqa_and_swiglu():
 
 def test_pruned_llm_tokens_come_from_the_budget():
     for r in (0.25, 0.2, 0.15, 0.1):
-        budget = video_token_budget(32, r)
+        budget = video_token_budget(32, r, 196)
         for method in ("post_encoder", "earlytom", "earlytom_stage1_rule"):
             entry = flops.count_correct(OV7B, method, r, frames=32, text_tokens=100, schedule=SCHED)
             assert entry["llm_visual_tokens"] == budget + 1
@@ -181,7 +181,7 @@ def test_all_methods_equal_at_ratio_one(key):
 def test_schedule_is_clamped_by_the_budget():
     # r = 0.5: 98 tokens a frame, 3136 in all, so Stage I keeps at least 16 frames
     counts = flops.frames_per_layer(32, {10: 5, 21: 3, 23: 2}, 26,
-                                    flops.min_frames_for_budget(video_token_budget(32, 0.5)))
+                                    flops.min_frames_for_budget(video_token_budget(32, 0.5, 196), 196))
     assert counts[:11] == [32] * 11
     assert counts[11:] == [16] * 16
     assert flops.frames_per_layer(32, SCHED, 26)[-1] == 17

@@ -73,7 +73,7 @@ def test_prompt_tokens_are_text_plus_budget_plus_newline(report):
         if c["method"] == "none":
             want = text + FRAMES * 196 + 1
         else:
-            want = text + video_token_budget(FRAMES, c["ratio"]) + 1
+            want = text + video_token_budget(FRAMES, c["ratio"], 196) + 1
         assert c["prompt_tokens"] == want, label
         assert c["expected_prompt_tokens"] == want and c["prompt_tokens_ok"], label
         assert all(s["rows"] == want - text for s in c["samples"]), label

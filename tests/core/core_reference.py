@@ -1,4 +1,4 @@
-"""Independent re-statements of the method (``/work/shared/spec/method.md``) for the core tests.
+"""Independent re-statements of the method (``docs/method.md``) for the core tests.
 
 Everything here is written from the specification text, not from the library, and in float64
 where numbers matter. Test modules import it as ``core_reference`` (pytest puts ``tests/core`` on
@@ -249,6 +249,7 @@ class ToyTower:
 
         self.num_layers = num_layers
         self.grid = GRID
+        self.tokens_per_frame = POOLED
         self.width, self.heads, self.dtype = width, heads, dtype
         self.weights = [
             {"q": w(width, width), "k": w(width, width), "v": w(width, width),
@@ -301,6 +302,12 @@ class ToyTower:
         x = x.permute(0, 2, 3, 1).reshape(f, POOLED, d)  # [F, D, 14, 14] -> [F, 196, D]
         self.last_pooled = x
         return x
+
+
+    def pool_received(self, received: torch.Tensor) -> torch.Tensor:
+        from earlytom_vllm.core import pool_received
+
+        return pool_received(received, GRID, 14)  # [F, 729] -> [F, 196]
 
 
 def stock_tokens(tower: ToyTower, embeddings: torch.Tensor) -> torch.Tensor:

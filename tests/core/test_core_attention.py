@@ -177,7 +177,7 @@ def test_bad_v_and_chunk():
 def test_pool_received_is_bilinear_27_to_14_align_corners_false():
     g = torch.Generator().manual_seed(10)
     rec = torch.rand(3, 729, generator=g, dtype=torch.float64)
-    got = pool_received(rec)
+    got = pool_received(rec, 27, 14)
     assert got.shape == (3, 196)
     ref = bilinear_ref(rec.reshape(3, 27, 27), 14).reshape(3, 196)
     torch.testing.assert_close(got, ref, atol=1e-14, rtol=0)
@@ -186,13 +186,13 @@ def test_pool_received_is_bilinear_27_to_14_align_corners_false():
 def test_pool_received_uses_raster_order():
     # a ramp along x only: pooled value depends only on the pooled column (raster: row-major)
     ramp = torch.arange(27, dtype=torch.float64).repeat(27)  # [729], value = column index
-    got = pool_received(ramp.unsqueeze(0)).reshape(14, 14)
+    got = pool_received(ramp.unsqueeze(0), 27, 14).reshape(14, 14)
     assert torch.allclose(got, got[0:1].expand(14, 14))
     assert (got[0, 1:] > got[0, :-1]).all()
 
 
 def test_pool_received_rejects_bad_shape():
     with pytest.raises(ValueError, match="received"):
-        pool_received(torch.zeros(2, 728))
+        pool_received(torch.zeros(2, 728), 27, 14)
     with pytest.raises(ValueError, match="received"):
-        pool_received(torch.zeros(729))
+        pool_received(torch.zeros(729), 27, 14)

@@ -11,12 +11,13 @@ from core_reference import FAST, POOLED, ref_quota
 from hypothesis import given
 from hypothesis import strategies as st
 
+from earlytom_vllm import EarlyTomConfig
 from earlytom_vllm.core import (
-    TOKENS_PER_FRAME,
     allocate_quota,
     min_frames_for_budget,
     tokens_per_frame_kept,
     video_token_budget,
+    video_token_count,
 )
 
 
@@ -33,8 +34,17 @@ RATIOS: list[tuple[Fraction, float]] = (
 )
 
 
-def test_tokens_per_frame_is_196():
-    assert TOKENS_PER_FRAME == POOLED == 196
+def test_count_is_the_budget_when_compressing_and_everything_otherwise():
+    for t, n in ((1, 196), (32, 196), (8, 256), (3, 1)):
+        assert video_token_count(t, EarlyTomConfig(retain_ratio=0.1), n) == \
+            video_token_budget(t, 0.1, n)
+        for off in ({"enabled": False}, {"method": "none"}, {"retain_ratio": 1.0}):
+            assert video_token_count(t, EarlyTomConfig(**off), n) == t * n
+
+
+def test_counting_needs_a_tokens_per_frame():
+    with pytest.raises(TypeError):
+        video_token_budget(32, 0.1)  # no model-independent default: the model supplies it
 
 
 def test_budget_exact_for_every_frame_count_and_grid_ratio():
@@ -42,7 +52,7 @@ def test_budget_exact_for_every_frame_count_and_grid_ratio():
     for exact, r in RATIOS:
         per_frame = exact_ceil(196 * exact)
         for t in range(1, 65):
-            got = video_token_budget(t, r)
+            got = video_token_budget(t, r, POOLED)
             if got != t * per_frame:
                 bad.append((t, r, got, t * per_frame))
     assert not bad, f"{len(bad)} mismatches, e.g. (T, r, got, expected) = {bad[:5]}"
@@ -52,22 +62,22 @@ def test_float_guard_53_over_196():
     r = 53 / 196
     assert 196 * r > 53  # the float trap the spec describes: 53.00000000000001
     assert math.ceil(196 * r) == 54
-    assert tokens_per_frame_kept(r) == 53
+    assert tokens_per_frame_kept(r, POOLED) == 53
     for t in (1, 2, 32, 64):
-        assert video_token_budget(t, r) == 53 * t
+        assert video_token_budget(t, r, POOLED) == 53 * t
 
 
 @pytest.mark.parametrize(("r", "per_frame"), [(0.1, 20), (0.15, 30), (0.2, 40), (0.25, 49),
                                                (1.0, 196), (0.5, 98), (0.75, 147), (0.01, 2),
                                                (1 / 196, 1), (195 / 196, 195)])
 def test_budget_known_values(r, per_frame):
-    assert video_token_budget(32, r) == 32 * per_frame
-    assert video_token_budget(1, r) == per_frame
+    assert video_token_budget(32, r, POOLED) == 32 * per_frame
+    assert video_token_budget(1, r, POOLED) == per_frame
 
 
 def test_budget_excludes_the_newline_and_defaults_to_196_tokens_per_frame():
-    assert video_token_budget(32, 1.0) == 32 * 196  # not 32*196 + 1
-    assert video_token_budget(32, 0.1, 196) == video_token_budget(32, 0.1)
+    assert video_token_budget(32, 1.0, POOLED) == 32 * 196  # not 32*196 + 1
+    assert video_token_budget(32, 0.1, 196) == video_token_budget(32, 0.1, POOLED)
 
 
 @FAST
@@ -76,7 +86,7 @@ def test_budget_excludes_the_newline_and_defaults_to_196_tokens_per_frame():
 def test_budget_exact_for_rationals(ab, t):
     a, b = ab
     exact = Fraction(a, b)
-    assert video_token_budget(t, a / b) == t * exact_ceil(196 * exact)
+    assert video_token_budget(t, a / b, POOLED) == t * exact_ceil(196 * exact)
 
 
 @FAST
@@ -91,7 +101,7 @@ def test_budget_with_other_tokens_per_frame(n, ab, t):
 @FAST
 @given(st.floats(min_value=0.0, max_value=1.0, exclude_min=True), st.integers(1, 64))
 def test_budget_bounds_for_any_float_ratio(r, t):
-    b = video_token_budget(t, r)
+    b = video_token_budget(t, r, POOLED)
     assert t <= b <= t * 196
     assert b % t == 0
     # within the guard's 1e-9 tolerance of the exact ceiling of the float's value
@@ -105,20 +115,20 @@ def test_budget_bounds_for_any_float_ratio(r, t):
 @pytest.mark.parametrize("frames", [0, -1, 1.0, 2.5, "3", None, True, False])
 def test_bad_frame_count_names_num_frames(frames):
     with pytest.raises(ValueError, match="num_frames"):
-        video_token_budget(frames, 0.1)
+        video_token_budget(frames, 0.1, POOLED)
 
 
 @pytest.mark.parametrize("ratio", [0, 0.0, -0.1, 1.5, 1.0000001, math.nan, math.inf, "abc", "0.1",
                                    None, True, False])
 def test_bad_ratio_names_retain_ratio(ratio):
     with pytest.raises(ValueError, match="retain_ratio"):
-        video_token_budget(4, ratio)
+        video_token_budget(4, ratio, POOLED)
 
 
 @FAST
 @given(st.integers(1, 100_000))
 def test_min_frames_for_budget_is_ceil_budget_over_196(budget):
-    assert min_frames_for_budget(budget) == exact_ceil(Fraction(budget, 196))
+    assert min_frames_for_budget(budget, POOLED) == exact_ceil(Fraction(budget, 196))
 
 
 @FAST
@@ -126,7 +136,7 @@ def test_min_frames_for_budget_is_ceil_budget_over_196(budget):
     lambda dyn: st.tuples(st.just(dyn), st.integers(1, 196 * len(dyn)))))
 def test_allocate_quota_matches_spec(case):
     dyn, budget = case
-    got = allocate_quota(budget, torch.tensor(dyn, dtype=torch.bool))
+    got = allocate_quota(budget, torch.tensor(dyn, dtype=torch.bool), POOLED)
     assert got.tolist() == ref_quota(budget, dyn)
     assert int(got.sum()) == budget
     assert int(got.max()) <= 196
@@ -135,9 +145,9 @@ def test_allocate_quota_matches_spec(case):
 def test_allocate_quota_hand_example():
     # 7 frames, 3 dynamic (0, 3, 6); budget 7*20 + 5 -> each 20, +1 to 0, 3, 6, then 1, 2
     dyn = torch.tensor([True, False, False, True, False, False, True])
-    assert allocate_quota(145, dyn).tolist() == [21, 21, 21, 21, 20, 20, 21]
+    assert allocate_quota(145, dyn, POOLED).tolist() == [21, 21, 21, 21, 20, 20, 21]
 
 
 def test_allocate_quota_rejects_overfull_budget():
     with pytest.raises(ValueError, match="budget"):
-        allocate_quota(3 * 196 + 1, torch.ones(3, dtype=torch.bool))
+        allocate_quota(3 * 196 + 1, torch.ones(3, dtype=torch.bool), POOLED)

@@ -45,7 +45,7 @@ def tower() -> ToyTower:
 
 def test_toy_tower_satisfies_the_protocol(tower):
     t: VisionTower = tower  # static shape of the protocol
-    assert t.num_layers == 4 and t.grid == 27
+    assert t.num_layers == 4 and t.tokens_per_frame == POOLED
 
 
 # --- r = 1 / disabled: the stock path, bit for bit ----------------------------------------------
@@ -68,7 +68,7 @@ def test_uncompressed_reproduces_the_stock_embeddings_exactly(tower, config, vid
     assert torch.equal(got.tokens, expected)
     assert got.tokens.dtype == expected.dtype
     assert torch.equal(got.index, torch.arange(t * POOLED))
-    assert got.budget == t * POOLED == video_token_budget(t, 1.0)
+    assert got.budget == t * POOLED == video_token_budget(t, 1.0, POOLED)
     assert got.frames_out == t
     assert got.frames_per_layer == [t] * tower.num_layers
     assert all(kind == "layer" for kind, *_ in tower.calls)  # no eager attention at all
@@ -83,7 +83,7 @@ def test_compressed_video_has_exactly_the_budget(tower, method, ratio, video):
     t = 9
     emb = embeddings_redundant(t) if video == "redundant" else embeddings_unrelated(t)
     out = compress_video(emb, tower, cfg(retain_ratio=ratio, method=method))
-    budget = video_token_budget(t, ratio)
+    budget = video_token_budget(t, ratio, POOLED)
     assert out.budget == budget
     assert out.tokens.shape == (budget, 12)
     assert out.index.shape == (budget,)
@@ -217,7 +217,7 @@ def test_compress_video_dtypes(dtype, method):
     emb = embeddings_redundant(t, dtype=dtype)
     out = compress_video(emb, tower, cfg(retain_ratio=0.25, method=method))
     assert out.tokens.dtype == dtype
-    assert out.tokens.shape == (video_token_budget(t, 0.25), 12)
+    assert out.tokens.shape == (video_token_budget(t, 0.25, POOLED), 12)
     assert torch.isfinite(out.tokens.float()).all()
     stock = compress_video(emb, tower, cfg(retain_ratio=1.0, method=method))
     assert torch.equal(stock.tokens, stock_tokens(tower, emb))
@@ -290,7 +290,7 @@ def test_compress_video_earlytom_is_stage_one_then_stage_two(tower, overrides):
     t = 10
     emb = embeddings_redundant(t, seed=21)
     out = compress_video(emb, tower, c)
-    budget = video_token_budget(t, c.retain_ratio)
+    budget = video_token_budget(t, c.retain_ratio, POOLED)
     run = run_encoder(
         emb, tower.layer, tower.num_layers,
         run_layer_with_received=lambda i, h: tower.layer_with_received(
@@ -299,7 +299,7 @@ def test_compress_video_earlytom_is_stage_one_then_stage_two(tower, overrides):
         min_frames=-(-budget // POOLED), keep_last_middle=c.keep_last_middle,
     )
     pooled = tower.project_and_pool(run.hidden)
-    tokens, index = select_tokens(pooled, pool_received(run.received), run.groups, budget)
+    tokens, index = select_tokens(pooled, pool_received(run.received, 27, 14), run.groups, budget)
     assert out.frames_per_layer == run.frames_per_layer
     assert out.groups == run.groups
     assert out.frames_out == run.hidden.shape[0]
@@ -312,7 +312,7 @@ def test_compress_video_earlytom_is_stage_one_then_stage_two(tower, overrides):
 def test_compressed_video_budget_for_short_and_long_videos(tower, t, method):
     emb = embeddings_redundant(t, seed=31)
     out = compress_video(emb, tower, cfg(retain_ratio=0.1, method=method))
-    budget = video_token_budget(t, 0.1)
+    budget = video_token_budget(t, 0.1, POOLED)
     assert out.tokens.shape == (budget, 12) and out.index.shape == (budget,)
     counts = torch.bincount(out.index // POOLED, minlength=out.frames_out)
     assert int(counts.max()) <= POOLED

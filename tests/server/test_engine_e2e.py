@@ -162,7 +162,7 @@ def test_video_chat_non_streaming(served):
         assert isinstance(out.choices[0].message.content, str)
         assert out.usage.completion_tokens >= 1
         # default retain_ratio 0.1: the video takes budget(8, 0.1) + 1 tokens
-        assert out.usage.prompt_tokens > video_token_budget(FRAMES, 0.1) + 1
+        assert out.usage.prompt_tokens > video_token_budget(FRAMES, 0.1, 196) + 1
         assert out.usage.prompt_tokens < 196 * FRAMES
 
 
@@ -192,9 +192,9 @@ def test_retain_ratio_changes_prompt_tokens_as_the_budget_predicts(served):
          for r in (0.1, 0.15, 0.5)}
     full = prompt_tokens(client, served.model, content, enabled=False)
     for r1, r2 in ((0.1, 0.5), (0.15, 0.5), (0.1, 0.15)):
-        assert p[r2] - p[r1] == (video_token_budget(FRAMES, r2)
-                                 - video_token_budget(FRAMES, r1)), (r1, r2, p)
-    assert full - p[0.1] == 196 * FRAMES - video_token_budget(FRAMES, 0.1)
+        assert p[r2] - p[r1] == (video_token_budget(FRAMES, r2, 196)
+                                 - video_token_budget(FRAMES, r1, 196)), (r1, r2, p)
+    assert full - p[0.1] == 196 * FRAMES - video_token_budget(FRAMES, 0.1, 196)
     assert prompt_tokens(client, served.model, content) == p[0.1]  # server default 0.1
 
 
@@ -207,7 +207,7 @@ def test_frames_as_video_is_compressed_as_one_video(served):
     content = [*frames, {"type": "text", "text": "Describe the video."}]
     a = prompt_tokens(client, served.model, content, frames_as_video=True, retain_ratio=0.1)
     b = prompt_tokens(client, served.model, content, frames_as_video=True, retain_ratio=0.5)
-    assert b - a == video_token_budget(n, 0.5) - video_token_budget(n, 0.1)
+    assert b - a == video_token_budget(n, 0.5, 196) - video_token_budget(n, 0.1, 196)
     # the same as an mp4 of 6 frames with the same text
     clip = write_mp4(served.media_dir / "six.mp4", frames=n, size=(96, 64))
     c = prompt_tokens(client, served.model, video_content(f"file://{clip}"), retain_ratio=0.1)
@@ -295,7 +295,9 @@ def test_auth_off_and_on(served, tmp_path):
 # -- metrics ------------------------------------------------------------------------------------------
 
 
-def test_metrics_count_visual_tokens(served):
+def test_engine_metrics_count_visual_tokens(served):
+    """The EarlyTom processor counts visual tokens on vLLM's /metrics (the engine's own count);
+    the front end does not guess them."""
     def value(text: str, name: str, method: str) -> float:
         for line in text.splitlines():
             if line.startswith(name + "{") and f'method="{method}"' in line and \
@@ -303,16 +305,17 @@ def test_metrics_count_visual_tokens(served):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    before = httpx.get(f"{served.url}/metrics").text
+    before = httpx.get(f"{served.backend_url}/metrics").text
     prompt_tokens(served.client(), served.model, video_content(f"file://{served.video}"),
                   retain_ratio=0.25)
-    after = httpx.get(f"{served.url}/metrics").text
+    after = httpx.get(f"{served.backend_url}/metrics").text
+    assert "earlytom_visual_tokens" not in httpx.get(f"{served.url}/metrics").text
     d_before = value(after, "earlytom_visual_tokens_before_total", "earlytom") - \
         value(before, "earlytom_visual_tokens_before_total", "earlytom")
     d_after = value(after, "earlytom_visual_tokens_after_total", "earlytom") - \
         value(before, "earlytom_visual_tokens_after_total", "earlytom")
     assert d_before == 196 * FRAMES + 1
-    assert d_after == video_token_budget(FRAMES, 0.25) + 1
+    assert d_after == video_token_budget(FRAMES, 0.25, 196) + 1
 
 
 def test_prometheus_scrapes_ttft(served, tmp_path):
@@ -414,3 +417,39 @@ def test_ctrl_c_stops_the_backend_without_orphans(served):
     assert wait_for(lambda: not pid_alive(backend_pid), timeout=10)
     # nothing left in the backend's process group (API server, engine core, workers)
     assert wait_for(lambda: group_members(backend_pid) == [], timeout=10), served.log_tail()
+
+
+def test_visual_token_count_is_the_engines_for_edit_lists_and_long_videos(served):
+    """The visual-token metrics equal what the engine put in the prompt (its prompt tokens minus
+    the text), also for an mp4 whose edit list hides frames and for a video longer than the
+    frames the engine samples (num_frames 32): they are counted where the frames are sampled."""
+    from mp4_edits import hide_leading_frames
+
+    trimmed = served.media_dir / "trimmed.mp4"
+    raw = write_mp4(served.media_dir / "raw40.mp4", frames=40, size=(96, 64))
+    trimmed.write_bytes(hide_leading_frames(raw.read_bytes(), 12))  # 28 presented frames
+    long = write_mp4(served.media_dir / "long48.mp4", frames=48, size=(96, 64))
+    text = "Describe the video."
+    # The prompt's text tokens: the same chat with the video placeholder as one literal token.
+    tok = httpx.post(f"{served.backend_url}/tokenize", json={
+        "model": served.model, "add_generation_prompt": True,
+        "messages": [{"role": "user", "content": f"<video>\n{text}"}]}, timeout=60)
+    assert tok.status_code == 200, tok.text
+    text_tokens = tok.json()["count"] - 1
+
+    def counters() -> tuple[float, float]:
+        body = httpx.get(f"{served.backend_url}/metrics").text
+        got = []
+        for name in ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total"):
+            got.append(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                           if line.startswith(name + "{") and f'model="{served.model}"' in line))
+        return got[0], got[1]
+
+    for path, frames in ((trimmed, 28), (long, 32)):
+        b0, a0 = counters()
+        prompt = prompt_tokens(served.client(), served.model, video_content(data_url(path), text),
+                               retain_ratio=0.25)
+        b1, a1 = counters()
+        assert a1 - a0 == prompt - text_tokens, path.name
+        assert a1 - a0 == video_token_budget(frames, 0.25, 196) + 1, path.name
+        assert b1 - b0 == 196 * frames + 1, path.name

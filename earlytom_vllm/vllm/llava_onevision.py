@@ -1,0 +1,231 @@
+"""LLaVA-OneVision (and LLaVA-Video, which vLLM serves with the same class) with EarlyTom.
+
+What this family contributes to the shared processor and core (everything else is theirs):
+
+- a frame is a frame; its tokens per frame are vLLM's own ``_get_num_frame_tokens`` (the SigLIP
+  patch grid pooled by ``spatial_pool_stride``: 27 x 27 -> 14 x 14 = 196), and each video gets one
+  ``image_newline`` row after its tokens;
+- a layer is vLLM's SigLIP encoder layer; the prune/received-attention layer is the same layer
+  with its softmax computed in frame chunks (:class:`VllmSiglipTower`);
+- received attention is pooled bilinearly like the features.
+
+Weights load unchanged; images, ``enabled=False``, ``method="none"`` and ``retain_ratio=1`` take the
+stock code path.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.config import VllmConfig
+from vllm.model_executor.models.llava_onevision import (
+    LlavaOnevisionDummyInputsBuilder,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+    LlavaOnevisionProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.processing import PromptReplacement
+
+from earlytom_vllm.config import EarlyTomConfig
+from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
+from earlytom_vllm.core.attention import pool_received
+from earlytom_vllm.plan import VideoPlan
+from earlytom_vllm.vllm.compat import all_reduce_tp, llava_encoder_depth
+from earlytom_vllm.vllm.observe import record_trace, trace_clock
+from earlytom_vllm.vllm.processing import (
+    PLAN_FIELD,
+    EarlyTomInfo,
+    EarlyTomProcessor,
+    decode_plans,
+    plan_of,
+    server_defaults,
+)
+
+NEWLINE_ROWS = 1  # one image_newline embedding after each video's tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# Processor (API-server process)
+
+
+class EarlyTomLlavaOnevisionProcessingInfo(EarlyTomInfo, LlavaOnevisionProcessingInfo):
+    family_defaults = EarlyTomConfig()  # prune layers (10, 21, 23): docs/method.md section 5
+
+    def earlytom_encoder_depth(self) -> int:
+        return llava_encoder_depth(self.get_hf_config())
+
+    def tokens_per_frame(self) -> int:
+        """Tokens of one pooled frame, as vLLM counts them (the same at every resolution)."""
+        width, height = self.get_image_size_with_most_features()
+        return self._get_num_frame_tokens(image_width=width, image_height=height)
+
+    def get_num_frames_with_most_features(self, seq_len: int, mm_counts) -> int:
+        # Upstream caps the profiling dummy at 16 frames; profile the real maximum we serve.
+        max_videos = max(mm_counts.get("video", 0), 1)
+        fits = self._get_max_video_frames(seq_len) // max_videos
+        return max(1, min(fits, self.earlytom_defaults.max_frames))
+
+
+class EarlyTomLlavaOnevisionDummyInputsBuilder(LlavaOnevisionDummyInputsBuilder):
+    pass
+
+
+class EarlyTomLlavaOnevisionMultiModalProcessor(EarlyTomProcessor,
+                                                LlavaOnevisionMultiModalProcessor):
+    info: EarlyTomLlavaOnevisionProcessingInfo
+
+    def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
+        per_frame = self.info.tokens_per_frame()
+        videos = processed["pixel_values_videos"]  # [V, F, C, H, W] or V x [F, C, H, W]
+        return [VideoPlan(int(v.shape[0]), per_frame, NEWLINE_ROWS, config) for v in videos]
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs,
+                                                   out_mm_kwargs))
+        videos = out_mm_kwargs.get("video", [])
+        if not videos or any(plan_of(out_mm_kwargs, i) is None for i in range(len(videos))):
+            return updates  # no pixel videos (e.g. embeddings): the stock count applies
+        video_token_id = self.info.get_hf_config().video_token_index
+
+        def replacement(item_idx: int) -> list[int]:
+            return [video_token_id] * plan_of(out_mm_kwargs, item_idx).rows
+
+        return [
+            *(u for u in updates if u.modality != "video"),
+            PromptReplacement(modality="video", target=[video_token_id], replacement=replacement),
+        ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Model (engine process)
+
+
+class VllmSiglipTower:
+    """:class:`earlytom_vllm.core.VisionTower` over a vLLM LLaVA-OneVision model's modules."""
+
+    def __init__(self, model: LlavaOnevisionForConditionalGeneration) -> None:
+        self.model = model
+        self.vision = model.vision_tower.vision_model
+        self.layers = self.vision.encoder.layers
+        self.num_layers = len(self.layers)
+        vc = model.config.vision_config
+        self.grid = vc.image_size // vc.patch_size  # 27
+        stride = getattr(model.config, "spatial_pool_stride", 2)
+        self.pooled = -(-self.grid // stride)  # 14: apply_pooling's output side
+        self.tokens_per_frame = self.pooled * self.pooled
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision.embeddings(pixels)  # [F, 3, 384, 384] -> [F, 729, C]
+
+    def layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layers[i](hidden)[0]
+
+    def layer_with_received(self, i: int, hidden: torch.Tensor,
+                            chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i`` with its softmax computed in frame chunks, returning received attention.
+
+        Mirrors vLLM 0.32 ``siglip.SiglipEncoderLayer.forward`` (pre-norm attention and MLP with
+        residuals; ``tests/vllm/test_plugin.py`` pins it to that module's output). Same modules,
+        always called, never read: the CPU backend empties ``qkv_proj.weight`` after loading.
+        Received attention is summed over this rank's heads, all-reduced across tensor-parallel
+        ranks, then averaged over all heads and queries, so every rank keeps the same tokens.
+        """
+        layer = self.layers[i]
+        attn = layer.self_attn
+        f, n, _ = hidden.shape
+        heads, d = attn.num_heads_per_partition, attn.head_dim
+        qkv, _ = attn.qkv_proj(layer.layer_norm1(hidden))  # [F, N, 3*Hp*d]
+        q, k, v = qkv.chunk(3, dim=-1)  # 3 x [F, N, Hp*d]
+        # [F, N, Hp*d] -> [F, N, Hp, d] -> [F, Hp, N, d]
+        q, k, v = (x.reshape(f, n, heads, d).transpose(1, 2) for x in (q, k, v))
+        out, received = attention_with_received(q, k, v, scale=attn.scale,
+                                                chunk_frames=chunk_frames)
+        out = out.transpose(1, 2).reshape(f, n, heads * d)  # [F, Hp, N, d] -> [F, N, Hp*d]
+        attn_out, _ = attn.out_proj(out)
+        hidden = attn_out + hidden
+        hidden = layer.mlp(layer.layer_norm2(hidden)) + hidden
+        if attn.tp_size > 1:
+            received = all_reduce_tp(received)
+        return hidden, received / (attn.num_heads * n)  # [F, N] mean over heads and queries
+
+    def project_and_pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[F, 729, C]`` -> ``[F, 196, D]`` exactly as the stock video path does."""
+        hidden = self.vision.maybe_layer_norm_and_apply_head(hidden)
+        if self.model.config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]
+        return self.model.apply_pooling(self.model.multi_modal_projector(hidden))
+
+    def pool_received(self, received: torch.Tensor) -> torch.Tensor:
+        return pool_received(received, self.grid, self.pooled)  # [F, 729] -> [F, 196]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    EarlyTomLlavaOnevisionMultiModalProcessor,
+    info=EarlyTomLlavaOnevisionProcessingInfo,
+    dummy_inputs=EarlyTomLlavaOnevisionDummyInputsBuilder,
+)
+class EarlyTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        depth = llava_encoder_depth(self.config)
+        # A server-wide setting that does not fit this model stops the engine here, at start-up.
+        server_defaults(self.config, EarlyTomLlavaOnevisionProcessingInfo.family_defaults, depth)
+        # Observability (only with the server-wide ``trace`` setting): frames entering each
+        # encoder layer, summed over videos, and the last video's trace. Read with
+        # LLM.apply_model / collective_rpc (earlytom_vllm.vllm.observe).
+        self.earlytom_layer_frames = [0] * depth
+        self.earlytom_videos = 0
+        self.earlytom_last: dict[str, object] = {}
+
+    def embed_multimodal(self, **kwargs: object):
+        plans = kwargs.pop(PLAN_FIELD, None)
+        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
+        embeddings: tuple[torch.Tensor, ...] = ()
+        for modality, parsed in by_modality.items():  # keeps the request's modality order
+            if parsed is None:
+                continue
+            if modality == "image":
+                embeddings += tuple(self._process_image_input(parsed))
+            elif modality == "video":
+                embeddings += tuple(self._embed_videos(parsed, plans))
+        return embeddings
+
+    def _embed_videos(self, video_input, plans) -> list[torch.Tensor]:
+        pixels = video_input["pixel_values_videos"]  # [V, F, C, H, W] or V x [F, C, H, W]
+        decoded = decode_plans(plans, len(pixels))
+        # One video at a time: encoder memory is bounded by the longest video, whatever the
+        # scheduler packed into this call.
+        return [self._embed_video(pixels[i], plan) for i, plan in enumerate(decoded)]
+
+    @torch.inference_mode()
+    def _embed_video(self, pixels: torch.Tensor, plan: VideoPlan) -> torch.Tensor:
+        """``[F, 3, H, W]`` -> ``[rows, D]`` (2-D, newline last)."""
+        if pixels.shape[0] != plan.num_frames:
+            raise AssertionError(f"plan for {plan.num_frames} frames, video has {pixels.shape[0]}")
+        clock = trace_clock(pixels) if plan.config.trace else None
+        t0 = clock() if clock else 0.0
+        result: VideoCompression | None = None
+        if not plan.config.compresses:
+            # The stock video path, op for op.
+            hidden = self.vision_tower(
+                pixels, feature_select_strategy=self.config.vision_feature_select_strategy)
+            t1 = clock() if clock else 0.0
+            feats = self.apply_pooling(self.multi_modal_projector(hidden))  # [F, 196, D]
+            feats = feats.reshape(-1, feats.shape[-1])  # [F, 196, D] -> [F*196, D]
+            seconds = (t1 - t0, (clock() - t1) if clock else 0.0)
+        else:
+            tower = VllmSiglipTower(self)
+            result = compress_video(tower.embed(pixels), tower, plan.config, clock=clock)
+            feats = result.tokens  # [budget, D]
+            total = (clock() - t0) if clock else 0.0
+            # Encoder = patch embedding + layers (+ Stage I); the rest is token processing.
+            seconds = (total - result.tokens_seconds, result.tokens_seconds)
+        newline = self.image_newline[None, :].to(feats.dtype)  # [D] -> [1, D]
+        out = torch.cat((feats, newline), dim=0)  # [budget+1, D]
+        if out.shape[0] != plan.rows:
+            raise AssertionError(
+                f"video embedding has {out.shape[0]} rows, its placeholder count is {plan.rows}"
+            )
+        if plan.config.trace:
+            record_trace(self, plan, result, seconds)
+        return out

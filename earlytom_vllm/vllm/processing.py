@@ -1,0 +1,243 @@
+"""What every model family's EarlyTom processor shares: settings, validation, the plan, the count.
+
+The processor runs in vLLM's API-server process, so every validation error raised here becomes an
+HTTP 400 for the request at fault (raised inside the model it would kill the engine). Per video it
+attaches an integer plan (:mod:`earlytom_vllm.plan`) that the model decodes; the placeholder count
+is read back from that same plan, so the processor and the model cannot disagree.
+
+A family mixes :class:`EarlyTomInfo` into its ``BaseProcessingInfo`` subclass and
+:class:`EarlyTomProcessor` into its multimodal processor, and supplies only what differs: the
+encoder depth (and its full-attention blocks), each video's frames and tokens per frame, the rows
+it appends per video, and how its prompt update is written.
+
+This process also serves vLLM's ``/metrics``: :func:`count_videos` adds each request's visual
+tokens before and after compression there, computed from the plans the model will obey.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any, ClassVar
+
+import torch
+from vllm.exceptions import VLLMValidationError
+from vllm.multimodal.inputs import MultiModalFieldConfig
+
+from earlytom_vllm.config import (
+    EarlyTomConfig,
+    EarlyTomConfigError,
+    check_prune_layers,
+    request_config,
+)
+from earlytom_vllm.plan import VideoPlan
+
+KWARG = "earlytom"  # key in mm_processor_kwargs
+PLAN_FIELD = "earlytom_plan"  # per-video int64 row carried to the model
+_PROFILING = "earlytom_profiling"  # marks the memory-profiling dummy (never counted)
+
+
+class EarlyTomValidationError(VLLMValidationError, ValueError):
+    """Bad ``earlytom`` settings: HTTP 400 in vLLM's server naming the field, a ValueError
+    offline. ``field`` is the dotted setting (``earlytom.tau``, ``hf_overrides.earlytom.tau``)."""
+
+    def __init__(self, error: EarlyTomConfigError, *, where: str, value: object) -> None:
+        # where: the request field that carried the settings (mm_processor_kwargs), or "" for the
+        # server's --hf-overrides (the error's field already starts with hf_overrides).
+        param = f"{where}.{error.field}" if where else error.field
+        super().__init__(f"Invalid {param.rsplit('.', 1)[0]}: {error}", parameter=param,
+                         value=value)
+        self.field = error.field
+
+
+def strip(kwargs: Mapping[str, object]) -> dict[str, object]:
+    """The kwargs without this project's keys (never forwarded to transformers)."""
+    return {k: v for k, v in kwargs.items() if k not in (KWARG, _PROFILING)}
+
+
+def server_defaults(hf_config: Any, family_defaults: EarlyTomConfig, depth: int,
+                    full_attention_blocks: Sequence[int] | None = None) -> EarlyTomConfig:
+    """The server-wide settings: the family's defaults with ``--hf-overrides '{"earlytom": ..}'``
+    applied, validated against the model. The processor and the model both call it, so a bad
+    one fails when the engine starts (the model is built), naming
+    ``hf_overrides.earlytom.<field>``."""
+    raw = getattr(hf_config, KWARG, None)
+    try:
+        config = family_defaults.merged(raw)
+        check_prune_layers(config, depth, full_attention_blocks=full_attention_blocks)
+        return config
+    except EarlyTomConfigError as exc:
+        raise EarlyTomValidationError(exc.under("hf_overrides.earlytom"), where="",
+                                      value=raw) from None
+
+
+class EarlyTomInfo:
+    """Mixed into a family's ``ProcessingInfo`` (before the vLLM class in the bases)."""
+
+    #: The family's serving defaults, overridden by ``--hf-overrides '{"earlytom": {...}}'``.
+    family_defaults: ClassVar[EarlyTomConfig] = EarlyTomConfig()
+
+    def earlytom_encoder_depth(self) -> int:
+        """Encoder layers the model runs (the family knows how vLLM builds its tower)."""
+        raise NotImplementedError
+
+    def earlytom_full_attention_blocks(self) -> Sequence[int] | None:
+        """Blocks with full attention where the encoder mixes kinds (None: every block)."""
+        return None
+
+    def _checked(self, config: EarlyTomConfig) -> EarlyTomConfig:
+        check_prune_layers(config, self.earlytom_encoder_depth(),
+                           full_attention_blocks=self.earlytom_full_attention_blocks())
+        return config
+
+    @cached_property
+    def earlytom_defaults(self) -> EarlyTomConfig:
+        """Server-wide defaults, validated against this model (see :func:`server_defaults`)."""
+        return server_defaults(self.get_hf_config(), self.family_defaults,
+                               self.earlytom_encoder_depth(),
+                               self.earlytom_full_attention_blocks())
+
+    def resolve_config(self, hf_kwargs: Mapping[str, object]) -> EarlyTomConfig:
+        """The request's effective config; raises an error naming ``earlytom.<field>``."""
+        overrides = hf_kwargs.get(KWARG)
+        try:
+            return self._checked(request_config(self.earlytom_defaults, overrides))
+        except EarlyTomConfigError as exc:
+            field = exc if exc.field.startswith(KWARG) else exc.under(KWARG)
+            raise EarlyTomValidationError(field, where="mm_processor_kwargs",
+                                          value=overrides) from None
+
+    def get_hf_processor(self, **kwargs: object):
+        # Never forward our keys to transformers: each distinct value would build another
+        # cached HF processor instance.
+        return super().get_hf_processor(**strip(kwargs))
+
+
+class EarlyTomProcessor:
+    """Mixed into a family's multimodal processor (before the vLLM class in the bases)."""
+
+    info: EarlyTomInfo
+
+    def video_plans(self, processed: Any, config: EarlyTomConfig) -> list[VideoPlan]:
+        """One plan per video in the HF processor's output (family: frames, tokens per frame)."""
+        raise NotImplementedError
+
+    def get_dummy_inputs(self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Any):
+        inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
+        # Size the encoder cache (and profile memory) for the largest count a request may ask
+        # for: full tokens. Otherwise a request with a higher ratio than the default would be
+        # rejected as exceeding the pre-allocated encoder cache.
+        inputs.hf_processor_mm_kwargs = {
+            **inputs.hf_processor_mm_kwargs, KWARG: {"retain_ratio": 1.0}, _PROFILING: True,
+        }
+        return inputs
+
+    def _apply_hf_processor_main(self, mm_items: Any, hf_kwargs: Mapping[str, object]):
+        config = self.info.resolve_config(hf_kwargs)  # validate even for image-only requests
+        processed = super()._apply_hf_processor_main(mm_items, strip(hf_kwargs))
+        if processed.get("pixel_values_videos") is not None:
+            plans = [p.encode() for p in self.video_plans(processed, config)]
+            processed[PLAN_FIELD] = torch.tensor(plans, dtype=torch.int64)  # [V, PLAN_WIDTH]
+        return processed
+
+    def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]
+                              ) -> Mapping[str, MultiModalFieldConfig]:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, strip(hf_processor_mm_kwargs)))
+        fields[PLAN_FIELD] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
+        return fields
+
+    def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, object],
+                            out_mm_kwargs: Any):
+        return super()._get_prompt_updates(mm_items, strip(hf_processor_mm_kwargs),
+                                           out_mm_kwargs)
+
+    def apply(self, inputs: Any, timing_ctx: Any):
+        result = super().apply(inputs, timing_ctx)
+        if not inputs.hf_processor_mm_kwargs.get(_PROFILING):
+            count_videos(self.info, result)
+        return result
+
+
+def plan_of(out_mm_kwargs: Any, item_idx: int) -> VideoPlan | None:
+    """The plan of video ``item_idx`` (None for a video given as embeddings)."""
+    items = out_mm_kwargs.get("video", [])
+    item = items[item_idx] if item_idx < len(items) else None
+    if item is None or PLAN_FIELD not in item:
+        return None
+    return VideoPlan.decode(item[PLAN_FIELD].data.tolist())
+
+
+def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
+    """Model side: the ``(V, PLAN_WIDTH)`` int64 CPU tensor (or list of rows) -> one plan per
+    video (one host copy of a CPU tensor: no device sync)."""
+    if plans is None:
+        raise AssertionError(f"{PLAN_FIELD} missing: the EarlyTom processor did not run")
+    rows = plans.tolist() if isinstance(plans, torch.Tensor) else [p.tolist() for p in plans]
+    if len(rows) != num_videos:
+        raise AssertionError(f"{len(rows)} plans for {num_videos} videos")
+    return [VideoPlan.decode(r) for r in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# Visual-token counters on vLLM's /metrics
+
+
+class _VideoCounters:
+    """``earlytom_visual_tokens_{before,after}_total{model, method}`` in the default registry.
+
+    Counted per request from the plans (after = the placeholder rows the model fills exactly;
+    before = ``frames * tokens_per_frame + extra rows``). A video served from vLLM's processor
+    cache arrives without its plan, so each plan's counts are remembered by item hash.
+    """
+
+    _REMEMBER = 4096
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter
+
+        labels = ["model", "method"]
+        self.before = Counter("earlytom_visual_tokens_before",
+                              "Video tokens the prompts would hold without compression "
+                              "(frames x tokens per frame, plus the model's extra rows).", labels)
+        self.after = Counter("earlytom_visual_tokens_after",
+                             "Video tokens in the prompts after compression (the placeholder "
+                             "rows fixed by the EarlyTom processor).", labels)
+        self.known: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
+
+    def remember(self, key: str | None, value: tuple[int, int, str]) -> None:
+        if key is None:
+            return
+        self.known[key] = value
+        self.known.move_to_end(key)
+        while len(self.known) > self._REMEMBER:
+            self.known.popitem(last=False)
+
+
+_COUNTERS: _VideoCounters | None = None
+
+
+def count_videos(info: Any, result: Mapping[str, Any]) -> None:
+    """Add one processed request's videos to the counters (API-server process)."""
+    global _COUNTERS
+    items = (result.get("mm_kwargs") or {}).get("video") or []
+    if not items:
+        return
+    if _COUNTERS is None:
+        _COUNTERS = _VideoCounters()
+    hashes = (result.get("mm_hashes") or {}).get("video") or [None] * len(items)
+    model = info.ctx.model_config.served_model_name
+    model = model[0] if isinstance(model, (list, tuple)) else str(model)
+    for item, key in zip(items, hashes, strict=False):
+        if item is not None and PLAN_FIELD in item:
+            plan = VideoPlan.decode(item[PLAN_FIELD].data.tolist())
+            value = (plan.num_frames * plan.tokens_per_frame + plan.extra_rows, plan.rows,
+                     plan.config.effective_method)
+            _COUNTERS.remember(key, value)
+        elif key is not None and key in _COUNTERS.known:
+            value = _COUNTERS.known[key]
+        else:
+            continue  # a video given as embeddings: nothing was compressed
+        before, after, method = value
+        _COUNTERS.before.labels(model, method).inc(before)
+        _COUNTERS.after.labels(model, method).inc(after)
