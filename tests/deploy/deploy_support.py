@@ -52,9 +52,12 @@ FRONTEND_METRICS = {
     "earlytom_prompt_tokens_total": "counter",
     "earlytom_requests_total": "counter",
     "earlytom_requests_in_flight": "gauge",
+    "earlytom_backend_up": "gauge",
+}
+#: The engine's earlytom_* metrics (earlytom_vllm/metrics.py, on vLLM's /metrics: the vllm job).
+ENGINE_METRICS = {
     "earlytom_visual_tokens_before_total": "counter",
     "earlytom_visual_tokens_after_total": "counter",
-    "earlytom_backend_up": "gauge",
 }
 
 METRIC_TOKEN = re.compile(r"\b(earlytom_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
