@@ -37,13 +37,13 @@ The paper's convention (``--paper-convention`` prints only it; the JSON always h
     * LLM tokens = ``floor(r * T * 196)`` visual tokens only: no newline, no text, and a ratio
       of the full 6272, NOT the per-frame ceiling the serving budget uses.
     * HoliTom (post-encoder, plus its merge inside the LLM) and the paper's EarlyTom rows keep
-      that count for LLM layers 0..17 and ``floor(n / 2)`` from layer 18 on (method.md section
+      that count for LLM layers 0..17 and ``floor(n / 2)`` from layer 18 on (docs/method.md section
       5: the released code's optional LLM merge, "layer 18, keep half"; the paper's rows
       include it). Layer 18 is used literally for every model (it is the released code's value,
       stated for the 28-layer 7B), so the 0.5B and 72B HoliTom / EarlyTom* rows are indicative.
 
     Found by solving for the token counts that make every published figure come out (LLaVA-OV-7B,
-    32 frames; method.md section 6):
+    32 frames; docs/method.md section 6):
 
     ====================================  ========================  ========  =========
     row                                   tokens                    computed  published
@@ -442,11 +442,11 @@ def count_paper(model: ModelConfig, method: str, r: float, *, frames: int, sched
                   parts={"encoder": encoder, "llm": llm_macs}, per_mac=per_mac)
 
 
-# Published figures (LLaVA-OV-7B, 32 frames; method.md section 6) and how each is reproduced.
+# Published figures (LLaVA-OV-7B, 32 frames; docs/method.md section 6) and how each is reproduced.
 PAPER_FIGURES: tuple[tuple[str, str, str, float, str, float], ...] = (
     # (name, convention, method, ratio, part, published TFLOPs)
     ("vision encoder, one sequence (paper)", "paper", "full", 1.0, "encoder", 41.8),
-    ("vision encoder, per frame (method.md)", "correct", "full", 1.0, "encoder", 10.25),
+    ("vision encoder, per frame (docs/method.md)", "correct", "full", 1.0, "encoder", 10.25),
     ("full tokens", "paper", "full", 1.0, "total", 82.6),
     ("VisionZip/FastVID 25% (post-encoder)", "paper", "post_encoder", 0.25, "total", 50.5),
     ("VisionZip/FastVID 10% (post-encoder)", "paper", "post_encoder", 0.10, "total", 45.2),

@@ -118,7 +118,7 @@ BENCH_SIZES: dict[str, Any] = {
 }
 QUICK_SIZES: dict[str, Any] = {}  # ensure_checkpoint() defaults: the tests' tiny checkpoint
 
-#: Paper targets (method.md section 6).
+#: Paper targets (docs/method.md section 6).
 TARGET_VS_NONE = 2.65
 TARGET_VS_BASELINE = 1.3
 TARGET_RATIO = 0.10

@@ -60,7 +60,6 @@ IMAGE_SIZE = 384
 PATCH_SIZE = 14
 GRID = IMAGE_SIZE // PATCH_SIZE  # 27
 NUM_IMAGE_TOKENS = GRID * GRID  # 729 tokens per 384 x 384 crop
-POOLED_TOKENS_PER_FRAME = math.ceil(GRID / 2) ** 2  # 196 after the 2x bilinear pooling
 
 #: Kept short so that image prompts stay short: at most 2 x 2 crops of 384 px.
 IMAGE_GRID_PINPOINTS = [[384, 384], [384, 768], [768, 384], [768, 768]]

@@ -176,7 +176,6 @@ class BackendSupervisor:
         command_factory: CommandFactory | None = None,
         env: dict[str, str] | None = None,
         api_key: str | None = None,
-        on_ready: Callable[[Backend], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -187,7 +186,6 @@ class BackendSupervisor:
             api_key = (settings.backend_api_key.get_secret_value() if settings.backend_api_key
                        else secrets.token_urlsafe(24))
         self.api_key = api_key
-        self.on_ready = on_ready
         self.on_fatal = on_fatal
         self.port = settings.backend_port or free_port(settings.backend_host)
         host = settings.backend_host
@@ -202,7 +200,6 @@ class BackendSupervisor:
         self.log_tail: collections.deque[str] = collections.deque(maxlen=60)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._announced = False
 
     # -- public -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -314,9 +311,6 @@ class BackendSupervisor:
             if await self.pool.check(self.backend):
                 took = time.monotonic() - t0
                 log.info("vLLM backend ready after %.1f s (%s)", took, self.url)
-                if self.on_ready is not None and not self._announced:
-                    self._announced = True
-                    self.on_ready(self.backend)
                 return True
             now = time.monotonic()
             if now - t0 > self.settings.startup_timeout:

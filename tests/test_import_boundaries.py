@@ -88,3 +88,24 @@ def test_the_ast_scan_catches_lazy_imports():
     )
     roots = {m.split(".")[0] for _, m in _imported_roots(tree)}
     assert roots == set(FORBIDDEN)
+
+
+def test_counting_and_request_validation_import_no_torch():
+    """The count and the request check run in the front end, which must not pay for torch: the
+    config, the plan and the budget import nothing heavy, and neither does the front end's app."""
+    code = (
+        "import json, sys\n"
+        "from earlytom_vllm.config import EarlyTomConfig, request_config\n"
+        "from earlytom_vllm.plan import VideoPlan, video_rows\n"
+        "from earlytom_vllm.core.budget import video_token_count\n"
+        "import earlytom_server.app\n"
+        "cfg = request_config(EarlyTomConfig(), {'retain_ratio': 0.25})\n"
+        "assert video_rows(32, cfg, 196, 1) == 32 * 49 + 1\n"
+        "assert VideoPlan.decode(VideoPlan(8, 196, 1, cfg).encode()).rows == 8 * 49 + 1\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'vllm', 'transformers', 'numpy'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -139,7 +139,7 @@ def check_groups(groups: Sequence[tuple[int, int]], t: int) -> Groups:
 
 def plan_merge(band: list[list[float]], groups: Groups, *, min_frames: int = 1,
                keep_last_middle: bool = False) -> MergePlan:
-    """Decide the merges (pure Python on host floats; see ``method.md`` section 2).
+    """Decide the merges (pure Python on host floats; see ``docs/method.md`` section 2).
 
     Every reduction (a pairwise merge, or dropping a segment's last middle frame) removes one frame;
     reductions are taken in temporal order and stop once the output would fall below ``min_frames``.

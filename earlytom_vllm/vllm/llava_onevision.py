@@ -38,6 +38,7 @@ from earlytom_vllm.vllm.processing import (
     EarlyTomProcessor,
     decode_plans,
     plan_of,
+    server_defaults,
 )
 
 NEWLINE_ROWS = 1  # one image_newline embedding after each video's tokens
@@ -48,7 +49,7 @@ NEWLINE_ROWS = 1  # one image_newline embedding after each video's tokens
 
 
 class EarlyTomLlavaOnevisionProcessingInfo(EarlyTomInfo, LlavaOnevisionProcessingInfo):
-    family_defaults = EarlyTomConfig()  # prune layers (10, 21, 23): method.md section 5
+    family_defaults = EarlyTomConfig()  # prune layers (10, 21, 23): docs/method.md section 5
 
     def earlytom_encoder_depth(self) -> int:
         return llava_encoder_depth(self.get_hf_config())
@@ -166,10 +167,12 @@ class VllmSiglipTower:
 class EarlyTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
+        depth = llava_encoder_depth(self.config)
+        # A server-wide setting that does not fit this model stops the engine here, at start-up.
+        server_defaults(self.config, EarlyTomLlavaOnevisionProcessingInfo.family_defaults, depth)
         # Observability (only with the server-wide ``trace`` setting): frames entering each
         # encoder layer, summed over videos, and the last video's trace. Read with
         # LLM.apply_model / collective_rpc (earlytom_vllm.vllm.observe).
-        depth = llava_encoder_depth(self.config)
         self.earlytom_layer_frames = [0] * depth
         self.earlytom_videos = 0
         self.earlytom_last: dict[str, object] = {}

@@ -57,6 +57,22 @@ def strip(kwargs: Mapping[str, object]) -> dict[str, object]:
     return {k: v for k, v in kwargs.items() if k not in (KWARG, _PROFILING)}
 
 
+def server_defaults(hf_config: Any, family_defaults: EarlyTomConfig, depth: int,
+                    full_attention_blocks: Sequence[int] | None = None) -> EarlyTomConfig:
+    """The server-wide settings: the family's defaults with ``--hf-overrides '{"earlytom": ..}'``
+    applied, validated against the model. The processor and the model both call it, so a bad
+    one fails when the engine starts (the model is built), naming
+    ``hf_overrides.earlytom.<field>``."""
+    raw = getattr(hf_config, KWARG, None)
+    try:
+        config = family_defaults.merged(raw)
+        check_prune_layers(config, depth, full_attention_blocks=full_attention_blocks)
+        return config
+    except EarlyTomConfigError as exc:
+        raise EarlyTomValidationError(exc.under("hf_overrides.earlytom"), where="",
+                                      value=raw) from None
+
+
 class EarlyTomInfo:
     """Mixed into a family's ``ProcessingInfo`` (before the vLLM class in the bases)."""
 
@@ -78,14 +94,10 @@ class EarlyTomInfo:
 
     @cached_property
     def earlytom_defaults(self) -> EarlyTomConfig:
-        """Server-wide defaults, validated against this model. A bad one fails at engine start-up
-        (the processor runs on the profiling dummy), naming ``hf_overrides.earlytom.<field>``."""
-        raw = getattr(self.get_hf_config(), KWARG, None)
-        try:
-            return self._checked(self.family_defaults.merged(raw))
-        except EarlyTomConfigError as exc:
-            raise EarlyTomValidationError(exc.under("hf_overrides.earlytom"), where="",
-                                          value=raw) from None
+        """Server-wide defaults, validated against this model (see :func:`server_defaults`)."""
+        return server_defaults(self.get_hf_config(), self.family_defaults,
+                               self.earlytom_encoder_depth(),
+                               self.earlytom_full_attention_blocks())
 
     def resolve_config(self, hf_kwargs: Mapping[str, object]) -> EarlyTomConfig:
         """The request's effective config; raises an error naming ``earlytom.<field>``."""

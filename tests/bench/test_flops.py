@@ -64,7 +64,7 @@ def test_paper_earlytom_rows_with_default_schedule():
 
 
 def test_vision_per_frame_10_25():
-    # 26 layers x 32 frames x one 729-token sequence each (method.md, FLOPs accounting)
+    # 26 layers x 32 frames x one 729-token sequence each (docs/method.md, FLOPs accounting)
     assert ours("full", 1.0, "encoder") == pytest.approx(10.25, abs=0.05)
 
 

@@ -1,4 +1,4 @@
-"""Independent re-statements of the method (``/work/shared/spec/method.md``) for the core tests.
+"""Independent re-statements of the method (``docs/method.md``) for the core tests.
 
 Everything here is written from the specification text, not from the library, and in float64
 where numbers matter. Test modules import it as ``core_reference`` (pytest puts ``tests/core`` on

@@ -21,7 +21,7 @@ def test_package_exports_the_config_class():
 
 def test_defaults_are_the_serving_default():
     c = EarlyTomConfig()
-    # method.md section 5: (10,21,23), tau=0.5, max_window=6, ema=0.9; released ratio 0.1
+    # docs/method.md section 5: (10,21,23), tau=0.5, max_window=6, ema=0.9; released ratio 0.1
     assert c.prune_layers == (10, 21, 23)
     assert c.tau == 0.5
     assert c.max_window == 6

@@ -23,7 +23,8 @@ def main() -> None:
     from earlytom_vllm import synthetic
     from earlytom_vllm.vllm.observe import last_trace
 
-    kwargs = dict(model=job["model"], enforce_eager=True, dtype="float32", max_model_len=8192,
+    kwargs = dict(model=job["model"], enforce_eager=True, dtype="float32",
+                  max_model_len=job.get("max_model_len", 8192),
                   limit_mm_per_prompt={"video": 2, "image": 1}, seed=0,
                   tensor_parallel_size=job.get("tensor_parallel_size", 1))
     if job.get("hf_overrides"):

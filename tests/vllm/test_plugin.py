@@ -242,3 +242,122 @@ def test_vllm_and_transformers_adapter_agree(llm, tiny_checkpoint):
     remove_earlytom(hf)
     assert "get_video_features" not in vars(hf.model)
     np.testing.assert_array_equal(ids[0, :3].numpy(), inputs["input_ids"][0, :3].numpy())
+
+
+def test_default_request_adds_no_sync_or_host_copy_to_the_core(llm, monkeypatch):
+    """The serving path does only serving: with ``trace`` off, embedding a video makes exactly
+    the host copies the core itself makes (one similarity band per prune layer, and one for the
+    refinement), no ``.item()``, no clock and no trace record."""
+    from collections import Counter
+
+    from earlytom_vllm.core import compress_video
+    from earlytom_vllm.vllm import llava_onevision as ov
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("trace machinery on the serving path")
+
+    monkeypatch.setattr(ov, "trace_clock", forbidden)
+    monkeypatch.setattr(ov, "record_trace", forbidden)
+    pixels = torch.rand(8, 3, 384, 384, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    plan = VideoPlan(8, 196, 1, EarlyTomConfig(retain_ratio=0.1))
+    assert not plan.config.trace
+
+    def measure(model):
+        names = ("cpu", "tolist", "item", "numpy")
+        orig = {n: getattr(torch.Tensor, n) for n in names}
+        counts: dict[str, Counter] = {"model": Counter(), "core": Counter()}
+        current = {"key": None}
+
+        def counting(name):
+            def wrapper(self, *args, **kwargs):
+                if current["key"] is not None:
+                    counts[current["key"]][name] += 1
+                return orig[name](self, *args, **kwargs)
+            return wrapper
+
+        with pytest.MonkeyPatch.context() as mp:
+            for n in names:
+                mp.setattr(torch.Tensor, n, counting(n))
+            with torch.inference_mode():
+                current["key"] = "model"
+                rows = model._embed_video(pixels, plan).shape[0]
+                tower = ov.VllmSiglipTower(model)
+                current["key"] = "core"
+                compress_video(tower.embed(pixels), tower, plan.config)
+                current["key"] = None
+        return rows, {k: dict(v) for k, v in counts.items()}
+
+    rows, counts = llm.apply_model(measure)[0]
+    assert rows == plan.rows
+    assert counts["model"] == counts["core"], counts
+    assert counts["model"].get("item", 0) == 0
+    # the core's own: one band per prune layer (3) and one for the refinement, at most
+    assert counts["core"].get("cpu", 0) <= len(plan.config.prune_layers) + 1, counts
+
+
+def test_server_wide_setting_that_does_not_fit_the_model_fails_at_start_up(tiny_checkpoint):
+    """A prune layer at or past the encoder depth in --hf-overrides stops the engine when it
+    starts (the model is built), naming the field; it does not wait for the first request."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    bad = overrides(prune_layers=[10, 21, 26])  # the tiny SigLIP has 26 layers: 0..25
+    script = ("import json, sys\nfrom vllm import LLM\n"
+              "LLM(model=sys.argv[1], enforce_eager=True, dtype='float32', max_model_len=8192,"
+              " hf_overrides=json.loads(sys.argv[2]))\n")
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_checkpoint), json.dumps(bad)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "hf_overrides.earlytom.prune_layers" in proc.stderr, proc.stderr[-3000:]
+    assert "below the vision encoder depth 26" in proc.stderr
+
+
+def test_hand_written_siglip_layers_match_the_upstream_layers(llm, tiny_checkpoint):
+    """The one hand-written layer per adapter (softmax in frame chunks, for received attention)
+    is the upstream encoder layer: vLLM 0.32's SiglipEncoderLayer and transformers 5.x's."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from earlytom_vllm.hf import HFSiglipTower
+    from earlytom_vllm.vllm.llava_onevision import VllmSiglipTower
+
+    hidden = torch.randn(3, 729, 64, generator=torch.Generator().manual_seed(5))
+
+    def compare(model):
+        tower = VllmSiglipTower(model)
+        with torch.inference_mode():
+            ours, received = tower.layer_with_received(7, hidden, chunk_frames=2)
+            stock = tower.layer(7, hidden)  # vLLM's own module
+        return (ours - stock).abs().max().item(), received.sum(dim=1).tolist()
+
+    diff, received_sums = llm.apply_model(compare)[0]
+    assert diff < 1e-5
+    # mean over heads and queries of a softmax over keys: each frame's received sums to 1
+    assert received_sums == pytest.approx([1.0] * 3, abs=1e-5)
+
+    hf = LlavaOnevisionForConditionalGeneration.from_pretrained(str(tiny_checkpoint),
+                                                                dtype=torch.float32).eval()
+    tower = HFSiglipTower(hf)
+    with torch.inference_mode():
+        ours, _ = tower.layer_with_received(7, hidden, chunk_frames=2)
+        stock = tower.layer(7, hidden)  # transformers' own module
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-5)
+
+
+def test_llava_video_shape_serves_64_frames(run_engine):
+    """LLaVA-Video-7B-Qwen2-hf is a LLaVA-OneVision checkpoint in vLLM (same class, same SigLIP
+    geometry) served with 64 frames: with ``max_frames: 64`` the same architecture takes a
+    64-frame video compressed and uncompressed (the encoder cache is sized for the full count)."""
+    video = {"kind": "scene_video", "args": {"num_frames": 64, "size": 384, "seed": 64}}
+    reqs = [{"prompt": PROMPT, "videos": [video],
+             "mm_processor_kwargs": {"earlytom": {"retain_ratio": r}}} for r in (0.15, 1.0)]
+    compressed, full = run_engine(reqs, hf_overrides=overrides(max_frames=64),
+                                  max_model_len=16384, trace=True)
+    assert full["prompt_len"] - compressed["prompt_len"] == (
+        64 * 196 - video_token_budget(64, 0.15, 196))
+    (trace,) = compressed["traces"]
+    assert trace["rows"] == video_token_budget(64, 0.15, 196) + 1
+    assert trace["frames_per_layer"][0] == 64
+    assert trace["frames_per_layer"][-1] < 64  # a redundant 64-frame video merges frames
