@@ -22,6 +22,7 @@ positions are the stock model's, channel for channel.
 
 from __future__ import annotations
 
+import collections
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,9 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.video_prune import evs
+from vllm.utils.gpu_sync_debug import gpu_sync_allowed
+from vllm.utils.torch_utils import async_tensor_h2d
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
@@ -51,6 +55,7 @@ from earlytom_vllm.vllm.processing import (
     EarlyTomProcessor,
     decode_plans,
     replace_video_placeholders,
+    server_defaults,
 )
 
 EXTRA_ROWS = 0  # Qwen2.5-VL appends nothing to a video's tokens
@@ -232,6 +237,44 @@ def media_positions(grid_pos: torch.Tensor, t_factor: float, grid_t: int, grid_h
     return torch.stack((time, grid_pos[:, 1], grid_pos[:, 2], offset), dim=1)  # [K, 4]
 
 
+def media_runs(ids: list[int], pad_ids: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``[start, end)`` of each run of placeholder tokens (one per medium), in prompt order."""
+    mask = torch.isin(torch.tensor(ids, dtype=torch.long), torch.tensor(pad_ids))
+    edges = torch.diff(mask.to(torch.int8), prepend=torch.zeros(1, dtype=torch.int8),
+                       append=torch.zeros(1, dtype=torch.int8))
+    starts = (edges == 1).nonzero().flatten().tolist()
+    ends = (edges == -1).nonzero().flatten().tolist()
+    return list(zip(starts, ends, strict=True))
+
+
+def place_media(ids: torch.Tensor, host_ids: list[int], positions: torch.Tensor,
+                channels: list[torch.Tensor], num_computed_tokens: int, config) -> torch.Tensor:
+    """Write the position channels (``[4, L]`` each, in prompt order; the first may continue a
+    medium that began before ``num_computed_tokens``) into the prompt's ``[3, N]`` positions,
+    shifting the text after each medium, with vLLM's own ``recompute_mrope_positions``.
+
+    vLLM 0.32's function places ONE medium right, counted from that medium's vision_start
+    token. With several media in one call, or a chunk that starts in the text after an earlier
+    medium, its "in the middle of a medium" test looks at an earlier vision_start and writes the
+    positions in the wrong place (tests/vllm/test_qwen_positions.py shows it). So it is called
+    once per medium, on the prompt from that medium's vision_start on.
+    """
+    runs = media_runs(host_ids, (config.image_token_id, config.video_token_id))
+    cursor = num_computed_tokens
+    for ch in channels:
+        run_start, _ = next(r for r in runs if r[1] > cursor)
+        start = max(cursor, run_start)
+        vs = run_start - 1  # the medium's <|vision_start|>
+        # counted from vs: 0 starts the medium, more continues it after start - vs - 1 tokens
+        seen = 0 if start == run_start else start - vs
+        sub, _ = evs.recompute_mrope_positions(ids[vs:], [ch], positions[:, vs:], seen,
+                                               config.vision_start_token_id,
+                                               config.image_token_id, config.video_token_id)
+        positions[:, vs:] = sub
+        cursor = start + ch.shape[1]
+    return positions
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     EarlyTomQwen2_5_VLMultiModalProcessor,
     info=EarlyTomQwen2_5_VLProcessingInfo,
@@ -252,11 +295,16 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerat
         # Our embeddings always carry positions: the model's own EVS branches (and its encoder
         # CUDA graphs, which bypass embed_multimodal) must treat pruning as enabled.
         self.is_multimodal_pruning_enabled = True
-        self.earlytom_trace = bool((getattr(self.config, "earlytom", None) or {}).get("trace"))
+        vc = self.config.vision_config
+        # A server-wide setting that does not fit this model stops the engine here, at start-up.
+        defaults = server_defaults(self.config, EarlyTomQwen2_5_VLProcessingInfo.family_defaults,
+                                   int(vc.depth), tuple(vc.fullatt_block_indexes))
+        self.earlytom_trace = defaults.trace
         # Observability (server-wide ``trace`` only): see earlytom_vllm.vllm.observe.
         self.earlytom_layer_frames = [0] * len(self.visual.blocks)
         self.earlytom_videos = 0
         self.earlytom_last: dict[str, object] = {}
+        self.earlytom_recent: collections.deque[dict] = collections.deque(maxlen=8)
         self.earlytom_positions: list[list[int]] | None = None
 
     # -- embeddings ---------------------------------------------------------------------------
@@ -351,14 +399,69 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerat
             record_trace(self, plan, result, seconds,
                          positions=out[:, -POSITION_CHANNELS:].long().cpu().tolist(),
                          grid_thw=list(grid), t_factor=t_factor)
+            self.earlytom_recent.append(self.earlytom_last)
         return out
 
-    # -- positions ----------------------------------------------------------------------------
+    # -- positions (see place_media) -----------------------------------------------------------
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """The prompt's positions before any medium is encoded. Text and every position that
+        is known now are final: images and uncompressed videos get the stock positions, and the
+        text after a compressed video resumes where it does in the stock model (that does not
+        depend on which tokens are kept). Only a compressed video's own tokens are provisional
+        (rewritten when it is encoded); if they come from the prefix cache they are never read."""
+        n = len(input_tokens)
+        ids = torch.tensor(list(input_tokens), dtype=torch.long)
+        positions = torch.arange(n).expand(3, n).clone()  # [3, N], all text to begin with
+        media = []
+        for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            channels = self._initial_channels(feature)  # [L, 4]
+            if channels.shape[0] != feature.mm_position.length:
+                raise AssertionError(f"{feature.modality} at {feature.mm_position.offset} has "
+                                     f"{feature.mm_position.length} placeholders, "
+                                     f"{channels.shape[0]} positions")
+            media.append(channels.T)  # [4, L]
+        positions = place_media(ids, list(input_tokens), positions, media, 0, self.config)
+        delta = int(positions.max()) + 1 - n if n else 0
+        return positions, delta
+
+    def _initial_channels(self, feature) -> torch.Tensor:
+        data = feature.data
+        if feature.modality == "image":
+            grid = data["image_grid_thw"].data.tolist()
+            return media_positions(self._full_grid(grid, "cpu"), 1.0, *self._merged_grid(grid))
+        if feature.modality != "video":
+            raise ValueError(f"Unsupported modality: {feature.modality}")
+        grid = data["video_grid_thw"].data.tolist()
+        # mirrors iter_mm_grid_thw: second_per_grid_t (1.0 when absent) x tokens_per_second
+        seconds = data.get("second_per_grid_ts")
+        t_factor = (seconds.data.item() if seconds else 1.0) * getattr(
+            self.config.vision_config, "tokens_per_second", 1.0)
+        plan = VideoPlan.decode(data[PLAN_FIELD].data.tolist()) if PLAN_FIELD in data else None
+        if plan is None or not plan.config.compresses:
+            grid_pos = self._full_grid(grid, "cpu")
+        else:  # provisional: only the text offset (channel 3) matters until it is encoded
+            grid_pos = torch.zeros(plan.rows, 3, dtype=torch.long)
+        return media_positions(grid_pos, t_factor, *self._merged_grid(grid))
+
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions,
                                   num_computed_tokens):
-        out = super().recompute_mrope_positions(input_ids, multimodal_embeddings,
-                                                mrope_positions, num_computed_tokens)
+        """Strip the 4 position channels from this chunk's media embeddings and place them
+        (same contract as the stock method; one medium per call of vLLM's function)."""
+        device = (multimodal_embeddings[0].device if len(multimodal_embeddings)
+                  else mrope_positions.device)
+        if isinstance(input_ids, torch.Tensor):
+            ids = input_ids.to(device=device, dtype=torch.long)
+        else:
+            ids = async_tensor_h2d(input_ids, dtype=torch.long, device=device)
+        embeds = [mm[:, :-POSITION_CHANNELS] for mm in multimodal_embeddings]
+        channels = [mm[:, -POSITION_CHANNELS:].permute(1, 0).long()
+                    for mm in multimodal_embeddings]  # [4, L] each
+        with gpu_sync_allowed():
+            host_ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else input_ids
+            positions = place_media(ids, host_ids, mrope_positions.clone(), channels,
+                                    num_computed_tokens, self.config)
+            delta = int(positions.max()) + 1 - len(host_ids)
         if self.earlytom_trace:  # the prompt's M-RoPE positions the LLM will use, [3, N]
-            n = len(input_ids)
-            self.earlytom_positions = out[1][:, :n].cpu().tolist()
-        return out
+            self.earlytom_positions = positions[:, :len(host_ids)].cpu().tolist()
+        return embeds, positions, delta
