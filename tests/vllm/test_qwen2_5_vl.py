@@ -494,7 +494,7 @@ def test_chunked_prefill_gives_the_same_first_token_and_positions(qllm, engine_j
             (prompt(VIDEO), [A], {"earlytom": {"retain_ratio": 0.25}}),
             (prompt(VIDEO, VIDEO), [A, B], None)], strict=True):
         out = generate(qllm, text, videos, kwargs=kwargs)
-        assert res["prompt_len"] == len(out.prompt_token_ids) > 32 * 3  # several chunks
+        assert res["prompt_len"] == len(out.prompt_token_ids) > 32 * 2  # 3+ chunks, split in videos
         assert res["positions"][0] == model_read(qllm, "last_positions")
         ours = first_logprobs(out)
         assert max(ours, key=ours.get) == max(res["logprobs"], key=res["logprobs"].get)
