@@ -17,7 +17,7 @@ meaningful even where absolute times are not:
   max_window 6, ema 0.9): ``segment_frames`` + ``merge_frames`` on ``[F, 729, 1152]`` hidden
   states; at the last one ``merge_frames`` also carries the received attention and the surviving
   frames are segmented once more (refinement). The hidden states are the synthetic video of
-  :func:`benchmarks.flops.synthetic_video` (three scene cuts; position-wise cosine 0.9 between
+  :func:`benchmarks.harness.synthetic_hidden_states` (three scene cuts; position-wise cosine 0.9 between
   neighbours, 0.2 across cuts); each prune layer gets the previous one's merged output, so the
   frame counts are the realistic 32 -> 26 -> 18 -> 16 (with the defaults) and the timed calls
   do real merging work.
@@ -33,7 +33,7 @@ meaningful even where absolute times are not:
 Each part: ``--warmup`` untimed calls (default 1), then the median of ``--repeats`` timed calls
 (default 5). The logic total is the sum of the parts' medians. Progress goes to stderr (tqdm).
 Tiny shapes run in a second (``--frames 4 --tokens 49 --width 64 --heads 4 --mlp 128
---llm-width 32 --repeats 1 --warmup 0``): the test suite's smoke run.
+--llm-width 32 --repeats 1 --warmup 0``) are the test suite's smoke run.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -57,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from benchmarks.flops import synthetic_video
+from benchmarks import harness
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
     attention_with_received,
@@ -70,9 +68,8 @@ from earlytom_vllm.core import (
     video_token_budget,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-DEFAULT_JSON = RESULTS_DIR / "compress_overhead.json"
-DEFAULT_PLOT = RESULTS_DIR / "compress_overhead.png"
+DEFAULT_JSON = harness.RESULTS / "compress_overhead.json"
+DEFAULT_PLOT = harness.RESULTS / "compress_overhead.png"
 ENCODER_LAYERS = 26
 TARGET_PCT = 2.0
 
@@ -135,32 +132,6 @@ def _summary(samples: list[float]) -> dict[str, Any]:
             "samples_ms": [round(s, 4) for s in samples]}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": threads,
-        "loadavg_at_start": load,
-    }
-
-
 def run(**kwargs: Any) -> dict[str, Any]:
     """Time every part; return the JSON-ready report (see :func:`_run` for the arguments).
 
@@ -183,18 +154,18 @@ def _run(*, frames: int = 32, tokens: int = 729, width: int = 1152, heads: int =
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     cfg = EarlyTomConfig()
     layers = tuple(prune_layers) if prune_layers else cfg.prune_layers
-    pooled = (grid + 1) // 2  # LLaVA-OV pooling: 27 -> 14
+    pooled = harness.pooled_side(grid)  # LLaVA-OV pooling: 27 -> 14
     pooled_tokens = pooled * pooled
     budget = video_token_budget(frames, ratio, pooled_tokens)
     min_frames = min_frames_for_budget(budget, pooled_tokens)
 
     torch.set_num_threads(threads)
-    info = machine_info(threads)
+    info = harness.machine_info(torch_threads=threads, loadavg_at_start=harness.loadavg())
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         layer = EncoderLayer(width, heads, mlp).eval()
-        video = synthetic_video(frames, tokens, width, seed=seed)  # [T, N, C]
+        video = harness.synthetic_hidden_states(frames, tokens, width, seed=seed)  # [T, N, C]
 
         # Untimed preparation: the realistic chain of inputs to each prune layer.
         stage_inputs: list[torch.Tensor] = []
@@ -246,7 +217,7 @@ def _run(*, frames: int = 32, tokens: int = 729, width: int = 1152, heads: int =
             for name, fn in jobs:
                 bar.set_postfix_str(name)
                 samples[name] = time_ms(fn, repeats, warmup, bar)
-        info["loadavg_at_end"] = machine_info(threads)["loadavg_at_start"]
+        info["loadavg_at_end"] = harness.loadavg()
 
     med = {name: statistics.median(s) for name, s in samples.items()}
     layer_ms = med["encoder_layer_full"]
@@ -274,9 +245,9 @@ def _run(*, frames: int = 32, tokens: int = 729, width: int = 1152, heads: int =
                      "prune_layers": list(layers), "tau": cfg.tau, "max_window": cfg.max_window,
                      "ema": cfg.ema, "attention_chunk_frames": cfg.attention_chunk_frames,
                      "repeats": repeats, "warmup": warmup, "seed": seed,
-                     "hidden_states": "benchmarks.flops.synthetic_video (3 scene cuts, cosine 0.9 "
-                                      "between neighbours, 0.2 across cuts); each prune layer "
-                                      "gets the previous one's merged output",
+                     "hidden_states": "benchmarks.harness.synthetic_hidden_states (3 scene cuts, "
+                                      "cosine 0.9 between neighbours, 0.2 across cuts); each "
+                                      "prune layer gets the previous one's merged output",
                      "received_extra": "median(attention_with_received) - median(SDPA) on the "
                                        "frames entering the last prune layer, clamped at 0"},
         "machine": info,
@@ -313,7 +284,7 @@ def format_report(rep: dict[str, Any]) -> str:
     lines = [
         f"{sh['frames']} frames x {sh['tokens_per_frame']} tokens x {sh['width']} "
         f"({sh['heads']} heads, MLP {sh['mlp']}), float32, {rep['machine']['torch_threads']} "
-        f"threads, torch {rep['machine']['torch']}, {rep['machine']['cpu_model']}",
+        f"threads, torch {rep['machine']['versions'].get('torch')}, {rep['machine']['cpu_model']}",
         f"frames entering prune layers {rep['settings']['prune_layers']}: "
         f"{fr['entering_prune_layers']} -> {fr['after_last_prune_layer']}",
         f"  one full-token encoder layer        {s['encoder_layer_full']:>10.2f} ms "

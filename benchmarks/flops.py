@@ -72,12 +72,13 @@ nothing is compressed):
       ``--schedule``, the counts are scaled by T / 32.
     * the Stage I rule (``earlytom_stage1_rule``): the library's own ``segment_frames`` and
       ``merge_frames`` with the serving defaults (tau 0.5, max_window 6, ema 0.9) run on a
-      synthetic video (:func:`synthetic_video`: 729 positions, width 128, seed 0) built to a
-      realistic-redundancy assumption: three scene cuts (scenes start at 0, 30%, 50%, 80% of
-      the video); position-wise cosine similarity 0.2 across a cut, 0.9 between neighbouring
-      frames of a scene, decaying as 0.6 + 0.4 * 0.75^k with distance k; the same similarity
-      structure at every prune layer (the merged frames of one layer are the input of the next).
-      32 frames: 32 -> 24 -> 17 -> 15 (seeds 1 and 2 give 23/18/16 and 23/17/15).
+      synthetic video (:func:`benchmarks.harness.synthetic_hidden_states`: 729 positions,
+      width 128, seed 0) built to a realistic-redundancy assumption: three scene cuts (scenes
+      start at 0, 30%, 50%, 80% of the video); position-wise cosine similarity 0.2 across a cut,
+      0.9 between neighbouring frames of a scene, decaying as 0.6 + 0.4 * 0.75^k with distance
+      k; the same similarity structure at every prune layer (the merged frames of one layer are
+      the input of the next). The frame counts it gives are printed (the ``rule`` line) and
+      stored per model and ratio in ``results/flops.json`` (``frames_after_prune``).
       Segments then close on max_window rather than on tau, so each 5-frame segment loses one
       or two frames at each prune layer.
 
@@ -91,7 +92,6 @@ rule (the checkpoint's own per-row newlines are not modelled).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import sys
@@ -102,6 +102,10 @@ from typing import Any
 
 import torch
 
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import RESULTS, pooled_side, synthetic_hidden_states
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
     merge_frames,
@@ -110,9 +114,8 @@ from earlytom_vllm.core import (
     video_token_budget,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-DEFAULT_JSON = RESULTS_DIR / "flops.json"
-DEFAULT_PLOT = RESULTS_DIR / "flops.png"
+DEFAULT_JSON = RESULTS / "flops.json"
+DEFAULT_PLOT = RESULTS / "flops.png"
 
 DEFAULT_RATIOS = (1.0, 0.25, 0.20, 0.15, 0.10)
 DEFAULT_TEXT_TOKENS = 100
@@ -148,7 +151,7 @@ class VisionConfig:
 
     @property
     def pooled_tokens_per_frame(self) -> int:
-        return math.ceil(self.grid / 2) ** 2  # 196 after the 2x2 bilinear pooling (as vLLM counts)
+        return pooled_side(self.grid) ** 2  # 196 after the 2x2 bilinear pooling (as vLLM counts)
 
 
 @dataclass(frozen=True)
@@ -279,49 +282,13 @@ def frames_per_layer(frames: int, schedule: Schedule, num_layers: int,
     return counts
 
 
-def synthetic_video(frames: int, tokens: int, width: int, *,
-                    scene_starts: Sequence[float] = (0.0, 0.3, 0.5, 0.8),
-                    shared: float = 0.2, scene: float = 0.4, rho: float = 0.75,
-                    seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A ``[frames, tokens, width]`` "hidden state" video with scene cuts and motion noise.
-
-    Each frame is ``sqrt(shared) P + sqrt(scene) S_k + sqrt(1 - shared - scene) R_t``, with unit
-    Gaussian ``P`` (shared by all frames: position embeddings, common content), ``S_k`` (one per
-    scene) and ``R_t`` an AR(1) walk inside the scene (coefficient ``rho``, fresh at each cut).
-    The expected position-wise cosine similarity is ``shared`` across a cut and
-    ``shared + scene + (1 - shared - scene) * rho^k`` for frames k apart in one scene
-    (defaults: 0.2 across cuts, 0.9 for neighbours). Scenes start at ``scene_starts`` (fractions
-    of the video). Deterministic for a seed.
-    """
-    if frames < 1 or tokens < 1 or width < 1:
-        raise ValueError(f"frames, tokens and width must be >= 1, got {frames}, {tokens}, {width}")
-    motion = 1.0 - shared - scene
-    if shared < 0.0 or scene < 0.0 or motion < 0.0 or not 0.0 <= rho <= 1.0:
-        raise ValueError("need shared, scene >= 0, shared + scene <= 1 and 0 <= rho <= 1")
-    gen = torch.Generator().manual_seed(seed)
-    starts = sorted({0} | {min(frames - 1, round(f * frames)) for f in scene_starts})
-    bounds = [*starts, frames]
-    base = torch.randn(tokens, width, generator=gen)  # [N, D]
-    out = torch.empty(frames, tokens, width, dtype=dtype)
-    innovation = math.sqrt(1.0 - rho * rho)
-    for a, b in itertools.pairwise(bounds):  # over scenes
-        scene_part = math.sqrt(shared) * base + math.sqrt(scene) * torch.randn(
-            tokens, width, generator=gen)
-        walk = torch.randn(tokens, width, generator=gen)
-        for t in range(a, b):  # over the frames of one scene
-            if t > a:
-                walk = rho * walk + innovation * torch.randn(tokens, width, generator=gen)
-            out[t] = (scene_part + math.sqrt(motion) * walk).to(dtype)
-    return out
-
-
 _RULE_CACHE: dict[tuple[int, int, EarlyTomConfig], Schedule] = {}
 
 
 def stage1_rule_schedule(frames: int, min_frames: int = 1,
                          config: EarlyTomConfig | None = None) -> Schedule:
     """Frames left after each prune layer when the library's Stage I runs on
-    :func:`synthetic_video` (the realistic-redundancy assumption in the module docstring)."""
+    :func:`synthetic_hidden_states` (the realistic-redundancy assumption in the module docstring)."""
     cfg = config or EarlyTomConfig()
     if min_frames > 1:
         free = stage1_rule_schedule(frames, 1, cfg)
@@ -333,7 +300,7 @@ def stage1_rule_schedule(frames: int, min_frames: int = 1,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster and immune to a busy machine
     try:
-        hidden = synthetic_video(frames, SIGLIP.tokens_per_frame, SIM_WIDTH, seed=SIM_SEED)
+        hidden = synthetic_hidden_states(frames, SIGLIP.tokens_per_frame, SIM_WIDTH, seed=SIM_SEED)
         out: Schedule = {}
         for layer in cfg.prune_layers:
             segments = segment_frames(hidden, cfg.tau, cfg.max_window, cfg.ema)

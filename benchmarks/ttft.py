@@ -1,9 +1,9 @@
-"""Time to first token (TTFT) of one 32-frame video request, per compression method, in vLLM.
+"""Time to first token (TTFT) of one video request, per compression method, in vLLM.
 
 Run from the repository root (writes ``benchmarks/results/ttft.json`` and ``ttft.png``)::
 
-    .venv/bin/python -m benchmarks.ttft                      # the full CPU benchmark (~16 min)
-    .venv/bin/python -m benchmarks.ttft --quick --json /tmp/t.json --plot ''   # smoke run (~30 s)
+    .venv/bin/python -m benchmarks.ttft                      # the full CPU benchmark
+    .venv/bin/python -m benchmarks.ttft --quick --json /tmp/t.json --plot ''   # smoke run
 
 On a GPU node with a real checkpoint (no CPU environment variables are set, dtype bfloat16)::
 
@@ -12,25 +12,27 @@ On a GPU node with a real checkpoint (no CPU environment variables are set, dtyp
         --json benchmarks/results/ttft_cuda.json --plot benchmarks/results/ttft_cuda.png
 
 What is measured. ONE engine serves ONE model (the plugin architecture
-``EarlyTomLlavaOnevisionForConditionalGeneration``) and every method is chosen per request with
+``EarlyTomLlavaOnevisionForConditionalGeneration``, started with the server-wide ``trace`` setting
+on so the model times each video) and every method is chosen per request with
 ``mm_processor_kwargs={"earlytom": {"method": ..., "retain_ratio": ...}}``: ``none`` (all
-``196 * T`` tokens), ``post_encoder`` (full encoder, then the same budget by received attention at
-the last layer), ``evs`` (full encoder, then the tokens most different from the previous frame) and
-``earlytom`` (frames merge inside the encoder after the serving default prune layers (10, 21, 23),
-tau 0.5, max_window 6, ema 0.9). Two further EarlyTom rows use the paper's other published prune
-layers, (4, 14, 24) and (6, 14, 20) with the same tau / max_window; they are labelled as such and
-are NOT the serving default (``--extra-prune-layers ''`` drops them). TTFT is one
-``LLM.generate`` with ``max_tokens=1``: the request's ``first_token_latency`` from vLLM's
-per-request metrics (arrival to first token, so the multimodal preprocessing is included), or the
-wall time of the call when the metrics are missing (both are recorded; they agree within ~1 ms).
+``T x tokens per frame`` tokens; the model's count, 196 for LLaVA-OV at 384 px), ``post_encoder``
+(full encoder, then the same budget by received attention at the last layer), ``evs`` (full
+encoder, then the tokens most different from the previous frame) and ``earlytom`` (frames merge
+inside the encoder after the serving default prune layers of ``EarlyTomConfig``, with its tau,
+max_window and ema). Two further EarlyTom rows use the paper's other published prune layers,
+(4, 14, 24) and (6, 14, 20) with the same tau / max_window; they are labelled as such and are NOT
+the serving default (``--extra-prune-layers ''`` drops them). TTFT is one ``LLM.generate`` with
+``max_tokens=1``: the request's ``first_token_latency`` from vLLM's per-request metrics (arrival to
+first token, so the multimodal preprocessing is included), or the wall time of the call when the
+metrics are missing (both are recorded).
 
 Breakdown of each TTFT (seconds; the four parts add up to the TTFT):
 
 * ``frontend``: preprocessing before the request reaches the engine core (the HF video processor:
   resize + normalise, tokenisation, placeholder expansion, plan) = TTFT - engine time. For
   reference the HF video processor alone is also timed on the same video (``hf_video_processor``).
-* ``vision``: vision encoding = patch embedding + the 26 SigLIP layers (+ Stage I for EarlyTom),
-  the model's ``encoder_seconds`` (read with ``LLM.apply_model(last_trace)``).
+* ``vision``: vision encoding = patch embedding + the SigLIP layers (+ Stage I for EarlyTom),
+  the trace's ``encoder_seconds`` (read with ``LLM.apply_model(last_trace)``).
 * ``tokens``: visual-token processing = projector + 2x2 pooling + selection (``tokens_seconds``).
 * ``prefill``: LLM prefill + scheduling + sampling = engine time (queued -> first token) - vision -
   tokens. ``prefill_and_rest`` = TTFT - vision - tokens (= prefill + frontend) is recorded too.
@@ -46,33 +48,27 @@ state a request leaves behind affects the next, see ``keep_heap_warm``), so drif
 summaries are medians (min / max kept), and ratios are given as ratio of medians (the headline),
 as the median of per-run paired ratios, and as ratio of minima.
 
-Contention. This machine has 2 cores shared with other jobs; the load average reached 19 during
-development. Per sample the script records ``os.getloadavg()``, the cores that OTHER processes
-used during the request (``foreign_cpu_cores``, from ``/proc/stat`` minus this process) and this
-process's CPU time (``process_cpu_seconds``; the engine runs in-process, so this is all of its
-threads). By default the engine runs ONE torch/OpenMP thread on CPU (``--threads 1``): a single
-thread never spins at a barrier waiting for a preempted sibling, so its CPU time is the work the
-request did, i.e. close to the TTFT the same request has on an idle core. Ratios of CPU time
-(``cpu_time_medians``) are therefore reported next to the wall-clock ratios as the
+Contention. The machine may be shared with other jobs. Per sample the script records
+``os.getloadavg()``, the cores that OTHER processes used during the request (``foreign_cpu_cores``,
+from :func:`benchmarks.harness.cpu_since`: the machine's busy cores minus this process tree's) and
+this process's CPU time (``process_cpu_seconds``; the engine runs in-process, so this is all of
+its threads). By default the engine runs ONE torch/OpenMP thread on CPU (``--threads 1``): a
+single thread never spins at a barrier waiting for a preempted sibling, so its CPU time is the
+work the request did, i.e. close to the TTFT the same request has on an idle core. Ratios of CPU
+time (``cpu_time_medians``) are therefore reported next to the wall-clock ratios as the
 contention-robust figure; targets record both (``met`` on wall-clock medians, ``met_by_cpu_time``).
 ``--max-foreign-cpu X --retries N`` re-measures (with a 1-pixel-perturbed copy of the video, so no
 cache hit) samples during which other processes used more than X cores (off by default: under
 persistent load it only wastes time); discarded attempts are kept in the JSON.
 
-Videos: ``scene`` = :func:`earlytom_vllm.synthetic.scene_video` (3 static textured scenes, slowly
-moving objects, hard cuts: the redundant case EarlyTom is built for) and ``motion`` =
-:func:`earlytom_vllm.synthetic.high_motion_video` (fast pan, moving objects: little to merge).
+Videos: ``scene`` and ``motion`` of :func:`benchmarks.harness.synthetic_video` (static scenes with
+hard cuts, the redundant case EarlyTom is built for; a fast pan with little to merge), 384 px.
 
-The CPU benchmark model (random weights, :func:`earlytom_vllm.checkpoints.ensure_checkpoint`): the
-real geometry (384 px, patch 14, 27 x 27 grid, 26 SigLIP layers, 2x2 bilinear pooling to 14 x 14,
-so 196 tokens per frame and 6273 video tokens at 32 frames) with narrow widths: SigLIP width 128
-(2 heads of 64, MLP 512); Qwen2 12 layers x 768 (12 query heads, 2 KV heads, head size 64, MLP
-2048). Sized with short probes so that with full tokens the vision encoder is in the paper's range
-(323 of 889.9 ms = 36 % on the A100): Qwen2 8 x 768 gave ~47-50 %, 12 x 768 gives 34 % (1 thread,
-warm heap; 37-40 % with 2 threads). One full-token request then takes ~11.5 s with 1 thread
-(~7 s with 2); the whole default run (2 videos x 11 cells x (7 + 1 warm-up) requests) ~16 min.
-``--quick`` uses the default tiny checkpoint (SigLIP 64, Qwen2 2 x 128), 8 frames, 1 run, no
-warm-up: it checks the plumbing only.
+The CPU benchmark model is :data:`benchmarks.harness.BENCH_SIZES` (random weights at the real
+geometry, narrow widths, sized so that with full tokens the vision encoder takes about the paper's
+share of the TTFT; the share measured is ``vision_share_none`` in the results file). 32 frames,
+7 timed runs + 1 warm-up round by default. ``--quick`` uses the tiny checkpoint, 8 frames, 1 run,
+no warm-up: it checks the plumbing only. How long a run takes here: ``benchmarks/README.md``.
 
 Targets (the paper's 10 % row, LLaVA-OV-7B on an A100): at r = 0.10 EarlyTom's TTFT at least
 2.65x lower than full tokens (889.9 / 336.2) and at least 1.3x lower than the post-encoder
@@ -99,24 +95,18 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks import harness
+from benchmarks.report import plot_ttft, print_ttft
+from earlytom_vllm import EarlyTomConfig
+
 ARCH = "EarlyTomLlavaOnevisionForConditionalGeneration"
 PROMPT = ("<|im_start|>user\n<video>\nWhat happens in this video? Describe it briefly.<|im_end|>\n"
           "<|im_start|>assistant\n")
-METHODS = ("none", "post_encoder", "evs", "earlytom")
-BASELINES = ("none", "post_encoder", "evs")
+METHODS = harness.METHODS
+BASELINES = tuple(m for m in METHODS if m != "earlytom")
 VIDEOS = ("scene", "motion")
-DEFAULT_PRUNE_LAYERS = (10, 21, 23)  # the serving default (EarlyTomConfig)
+SERVING = EarlyTomConfig()  # the serving default EarlyTom setting
 EXTRA_PRUNE_LAYERS = "4,14,24;6,14,20"  # the paper's other published settings
-
-#: The CPU benchmark checkpoint (see the module docstring for how it was sized).
-BENCH_SIZES: dict[str, Any] = {
-    "seed": 0, "vision_hidden": 128, "vision_layers": 26, "vision_heads": 2,
-    "vision_intermediate": 512, "text_hidden": 768, "text_layers": 12, "text_heads": 12,
-    "text_kv_heads": 2, "text_intermediate": 2048, "dtype": "float32",
-}
-QUICK_SIZES: dict[str, Any] = {}  # ensure_checkpoint() defaults: the tests' tiny checkpoint
 
 #: Paper targets (docs/method.md section 6).
 TARGET_VS_NONE = 2.65
@@ -153,7 +143,7 @@ def build_cells(methods: Sequence[str], ratios: Sequence[float],
             if m == "none":
                 continue
             cells.append({"method": m, "ratio": r,
-                          "prune_layers": list(DEFAULT_PRUNE_LAYERS) if m == "earlytom" else None,
+                          "prune_layers": list(SERVING.prune_layers) if m == "earlytom" else None,
                           "setting": "serving default" if m == "earlytom" else "baseline"})
         if "earlytom" in methods:
             for layers in extra_prune_layers:
@@ -175,67 +165,8 @@ def request_kwargs(cell: dict[str, Any]) -> dict[str, Any]:
     return {"earlytom": et}
 
 
-def expected_rows(method: str, ratio: float | None, frames: int) -> int:
-    """Placeholder tokens of the video (the library's count: budget + newline)."""
-    from earlytom_vllm import EarlyTomConfig
-    from earlytom_vllm.plan import video_rows
-
-    cfg = EarlyTomConfig(method=method, retain_ratio=1.0 if ratio is None else ratio)
-    return video_rows(frames, cfg, 196, 1)
-
-
 # --------------------------------------------------------------------------------------------------
 # Machine and engine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_snapshot() -> tuple[float, float, float] | None:
-    """(wall, machine busy seconds incl. steal, this process's CPU seconds) or None off Linux.
-
-    The engine runs in this process (all its threads), so busy - ours over a request is the CPU
-    that OTHER processes (or the hypervisor, via steal) took meanwhile: the contention measure.
-    """
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        # user nice system idle iowait irq softirq steal [guest guest_nice]
-        vals = [int(x) for x in fields[:8]]
-        busy = (vals[0] + vals[1] + vals[2] + vals[5] + vals[6] + vals[7]) / _CLK_TCK
-        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        ours = (int(stat[11]) + int(stat[12])) / _CLK_TCK  # utime + stime, all threads
-    except (OSError, ValueError, IndexError):
-        return None
-    return time.perf_counter(), busy, ours
-
-
-def contention(before: tuple[float, float, float] | None,
-               after: tuple[float, float, float] | None) -> tuple[float | None, float | None]:
-    """(cores used by other processes on average, this process's CPU seconds) between two
-    snapshots."""
-    if before is None or after is None:
-        return None, None
-    wall = max(after[0] - before[0], 1e-9)
-    ours = after[2] - before[2]
-    foreign = max((after[1] - before[1]) - ours, 0.0) / wall
-    return foreign, ours
 
 
 def keep_heap_warm() -> bool:
@@ -243,10 +174,10 @@ def keep_heap_warm() -> bool:
 
     Without this the encoder's large tensors (tens of MB) are ``mmap``-ed and unmapped per
     request, and whether glibc's adaptive thresholds serve them from an already-faulted heap
-    depends on the PREVIOUS request's size: measured here, a full encoder took ~4.4 s right
-    after a full-token request and ~5.3 s after a small one (page faults), a 20 % swing that
-    follows the request order. A warm heap removes it (vLLM recommends tcmalloc on CPU for the
-    same reason; it is not installed here). Returns False where mallopt is unavailable.
+    depends on the PREVIOUS request's size: the same encoder is slower right after a small
+    request than after a full-token one (page faults), a swing that follows the request order
+    (measured: ``benchmarks/README.md``). A warm heap removes it (vLLM recommends tcmalloc on CPU
+    for the same reason). Returns False where mallopt is unavailable.
     """
     import ctypes
     import ctypes.util
@@ -265,23 +196,17 @@ def keep_heap_warm() -> bool:
 
 def machine_info(device: str) -> dict[str, Any]:
     import torch
-    import transformers
-    import vllm
 
-    info: dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__, "vllm": vllm.__version__,
-        "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
-        "device": device,
+    extra: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(), "device": device,
         "env": {k: os.environ.get(k) for k in (
             "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE",
             "VLLM_CPU_OMP_THREADS_BIND", "OMP_NUM_THREADS")},
     }
     if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
+        extra["gpu"] = torch.cuda.get_device_name(0)
+        extra["cuda"] = torch.version.cuda
+    return harness.machine_info(**extra)
 
 
 def set_engine_env(device: str, threads: int | None = None) -> None:
@@ -295,16 +220,20 @@ def set_engine_env(device: str, threads: int | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-def make_engine(model: str, *, device: str, dtype: str, frames: int, default_ratio: float):
+def make_engine(model: str, *, device: str, dtype: str, frames: int, per_frame: int,
+                default_ratio: float):
+    """An in-process engine with the ``trace`` setting on: the model times each video."""
     from vllm import LLM
 
-    max_len = max(2048, 1024 * math.ceil((frames * 196 + 512) / 1024))
+    rows = harness.expected_rows("none", None, frames, per_frame)
+    max_len = max(2048, 1024 * math.ceil((rows + 512) / 1024))
     kwargs: dict[str, Any] = dict(
         model=model, dtype=dtype, max_model_len=max_len, max_num_batched_tokens=max_len,
         limit_mm_per_prompt={"video": 1}, seed=0, enable_prefix_caching=False,
         mm_processor_cache_gb=0, disable_log_stats=False,
         hf_overrides={"architectures": [ARCH],
-                      "earlytom": {"retain_ratio": default_ratio, "max_frames": frames}},
+                      "earlytom": {"retain_ratio": default_ratio, "max_frames": frames,
+                                   "trace": True}},
     )
     if device == "cpu":
         kwargs["enforce_eager"] = True
@@ -316,20 +245,6 @@ def _clear_trace(model: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Videos
-
-
-def make_video(kind: str, frames: int, seed: int):
-    from earlytom_vllm import synthetic
-
-    if kind == "scene":
-        return synthetic.scene_video(frames, 384, num_scenes=3, seed=seed)
-    if kind == "motion":
-        return synthetic.high_motion_video(frames, 384, seed=seed)
-    raise ValueError(f"unknown video kind {kind!r} (known: {', '.join(VIDEOS)})")
-
-
-# --------------------------------------------------------------------------------------------------
 # One timed request
 
 
@@ -337,13 +252,13 @@ def time_request(llm, sampling, video, cell: dict[str, Any]) -> dict[str, Any]:
     from earlytom_vllm.vllm.observe import last_trace
 
     llm.apply_model(_clear_trace)
-    load = loadavg()
-    snap = cpu_snapshot()
+    load = harness.loadavg()
+    mark = harness.cpu_mark()
     t0 = time.perf_counter()
     out = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": video},
                         "mm_processor_kwargs": request_kwargs(cell)}, sampling, use_tqdm=False)[0]
     wall = time.perf_counter() - t0
-    foreign, cpu_s = contention(snap, cpu_snapshot())
+    cpu = harness.cpu_since(mark)
     trace = llm.apply_model(last_trace)[0]
     if not trace or "encoder_seconds" not in trace:
         raise RuntimeError(f"{cell['label']}: no fresh encoder trace (encoder cache hit?)")
@@ -366,7 +281,7 @@ def time_request(llm, sampling, video, cell: dict[str, Any]) -> dict[str, Any]:
         "prefill": engine - vision - tokens, "prefill_and_rest": ttft - vision - tokens,
         "prompt_tokens": len(out.prompt_token_ids), "rows": int(trace["rows"]),
         "frames_per_layer": fpl, "loadavg_1m": load[0] if load else None,
-        "foreign_cpu_cores": foreign, "process_cpu_seconds": cpu_s,
+        "foreign_cpu_cores": cpu["foreign_cores"], "process_cpu_seconds": cpu["our_cpu_seconds"],
     }
 
 
@@ -431,14 +346,14 @@ def frames_summary(samples: Sequence[dict[str, Any]], prune_layers: Sequence[int
 
 
 def summarize_cell(cell: dict[str, Any], samples: list[dict[str, Any]], frames: int,
-                   text_tokens: int, discarded: list[dict[str, Any]] | None = None
-                   ) -> dict[str, Any]:
+                   per_frame: int, text_tokens: int,
+                   discarded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     keys = ("ttft", "wall", "engine", "frontend", "vision", "tokens", "prefill",
             "prefill_and_rest", "foreign_cpu_cores", "process_cpu_seconds")
     summary = {k: _stats([s[k] for s in samples]) for k in keys
                if all(s.get(k) is not None for s in samples)}
     prompt = sorted({s["prompt_tokens"] for s in samples})
-    rows = expected_rows(cell["method"], cell["ratio"], frames)
+    rows = harness.expected_rows(cell["method"], cell["ratio"], frames, per_frame)
     return {
         **{k: cell[k] for k in ("label", "method", "ratio", "prune_layers", "setting", "extra")},
         "samples": samples,
@@ -582,67 +497,6 @@ def check_targets(videos: dict[str, dict[str, Any]], frames: int) -> list[dict[s
 
 
 # --------------------------------------------------------------------------------------------------
-# Plot
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    videos = list(report["videos"])
-    ratios = report["config"]["ratios"]
-    fig, axes = plt.subplots(len(videos), len(ratios), squeeze=False,
-                             figsize=(6.2 * len(ratios), 0.55 * 8 * len(videos) + 1.2))
-    colours = {"frontend": "#bbbbbb", "vision": "#4472c4", "tokens": "#ed7d31",
-               "prefill": "#70ad47"}
-    names = {"frontend": "preprocessing", "vision": "vision encoding",
-             "tokens": "token processing", "prefill": "LLM prefill (+ scheduling)"}
-    for i, vname in enumerate(videos):
-        cells = report["videos"][vname]["cells"]
-        sp = report["videos"][vname]["speedups"]
-        for j, r in enumerate(ratios):
-            ax = axes[i][j]
-            labels = [lb for lb, c in cells.items() if c["ratio"] is None or c["ratio"] == r]
-            ypos = list(range(len(labels)))[::-1]
-            for y, lb in zip(ypos, labels, strict=True):
-                c = cells[lb]
-                left = 0.0
-                for p in PARTS:
-                    w = max(c["breakdown_median_seconds"][p], 0.0)
-                    ax.barh(y, w, left=left, color=colours[p], edgecolor="white", height=0.7,
-                            label=names[p] if (y == ypos[0] and i == 0 and j == 0) else None)
-                    left += w
-                ttft = c["summary_seconds"]["ttft"]["median"]
-                txt = f"{ttft:.2f}s"
-                if lb in sp and "vs_none" in sp[lb]:
-                    txt += f"  ({sp[lb]['vs_none']['from_medians']:.2f}x)"
-                ax.text(left, y, " " + txt, va="center", fontsize=8)
-            ticks = [lb.replace(f"@{r:.2f}", "") + ("*" if cells[lb]["extra"] else "")
-                     for lb in labels]
-            ax.set_yticks(ypos, ticks, fontsize=8)
-            ax.set_xlabel("median TTFT (s)")
-            ax.set_title(f"{vname} video, {report['config']['frames']} frames, r = {r:.2f}",
-                         fontsize=10)
-            xmax = max(c["summary_seconds"]["ttft"]["median"] for c in cells.values())
-            ax.set_xlim(0, xmax * 1.35)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, frameon=False)
-    m, cfg = report["machine"], report["config"]
-    threads = f", {cfg['threads']} thread(s)" if cfg.get("threads") else ""
-    fig.suptitle(f"TTFT breakdown, medians of {cfg['runs']} runs ({m.get('gpu') or m['cpu_model']}"
-                 f"{threads}; {cfg['model_desc']}); speedup vs full tokens in brackets.\n"
-                 f"earlytom = serving default prune layers (10,21,23), tau 0.5, max_window 6; "
-                 f"* = the paper's alternative prune layers (not the default)",
-                 fontsize=9, y=0.01, va="bottom")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -678,8 +532,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="re-measurements per contended sample (the last one is kept, flagged)")
     p.add_argument("--quick", action="store_true",
                    help="tiny checkpoint, 8 frames, 1 run, no warm-up (smoke test)")
-    p.add_argument("--json", default=str(RESULTS / "ttft.json"))
-    p.add_argument("--plot", default=str(RESULTS / "ttft.png"), help="PNG path ('' to skip)")
+    p.add_argument("--json", default=str(harness.RESULTS / "ttft.json"))
+    p.add_argument("--plot", default=str(harness.RESULTS / "ttft.png"), help="PNG path ('' to skip)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -710,29 +564,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sizes = None
     if args.model:
-        model = args.model
-        model_desc = model
+        model = model_desc = args.model
     else:
-        from earlytom_vllm.checkpoints import _DEFAULT_ARGS, ensure_checkpoint
-
-        sizes = dict(QUICK_SIZES if args.quick else BENCH_SIZES)
+        sizes = dict(harness.TINY_SIZES if args.quick else harness.BENCH_SIZES)
         if args.checkpoint_sizes:
             sizes.update(json.loads(args.checkpoint_sizes))
-        model = str(ensure_checkpoint(**sizes))
-        full = {**_DEFAULT_ARGS, **sizes}
-        sizes = full
-        model_desc = (f"random-weight LLaVA-OV: SigLIP {full['vision_layers']}x"
-                      f"{full['vision_hidden']}, Qwen2 {full['text_layers']}x"
-                      f"{full['text_hidden']}")
+        model, sizes = harness.checkpoint(sizes)
+        model_desc = harness.checkpoint_desc(sizes)
+    per_frame = harness.model_tokens_per_frame(model)
 
     from tqdm import tqdm
     from transformers import AutoProcessor
     from vllm import SamplingParams
 
-    load_start = loadavg()
+    load_start = harness.loadavg()
     t_engine = time.perf_counter()
     llm = make_engine(model, device=args.device, dtype=dtype, frames=args.frames,
-                      default_ratio=args.ratio_list[-1] if args.ratio_list else 0.1)
+                      per_frame=per_frame, default_ratio=args.ratio_list[-1] if args.ratio_list else 0.1)
     engine_start_s = time.perf_counter() - t_engine
     import torch
 
@@ -749,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Warm-up: every cell on its own videos (seeds below the timed ones), untimed.
     for w in range(args.warmup):
         for vname in args.video_list:
-            video = make_video(vname, args.frames, args.seed - 1 - w)
+            video = harness.synthetic_video(vname, args.frames, seed=args.seed - 1 - w)
             for cell in cells:
                 bar.set_postfix_str(f"warm-up {vname} {cell['label']}")
                 time_request(llm, sampling, video, cell)
@@ -764,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [args.seed + i for i in range(args.runs)]
     for run in range(args.runs):
         for vname in args.video_list:
-            video = make_video(vname, args.frames, seeds[run])
+            video = harness.synthetic_video(vname, args.frames, seed=seeds[run])
             hf_proc[vname].append(time_hf_video_processor(processor, video))
             order = list(cells)  # round-robin, a fresh order each run (seeded):
             random.Random(args.seed * 7919 + run).shuffle(order)  # no fixed predecessor
@@ -778,12 +626,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 discarded[vname][cell["label"]].extend(dropped)
                 bar.update()
     bar.close()
-    load_end = loadavg()
+    load_end = harness.loadavg()
 
     videos: dict[str, dict[str, Any]] = {}
     for vname in args.video_list:
         vcells = {c["label"]: summarize_cell(c, samples[vname][c["label"]], args.frames,
-                                             text_tokens, discarded[vname][c["label"]])
+                                             per_frame, text_tokens,
+                                             discarded[vname][c["label"]])
                   for c in cells}
         entry: dict[str, Any] = {
             "generator": "scene_video(num_scenes=3)" if vname == "scene" else
@@ -806,8 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": args.threads if args.device == "cpu" else None,
             "warm_heap": warm_heap, "order": "shuffled per run (seeded), same for both videos",
             "prompt": PROMPT, "text_tokens": text_tokens,
-            "earlytom_default": {"prune_layers": list(DEFAULT_PRUNE_LAYERS), "tau": 0.5,
-                                 "max_window": 6, "ema": 0.9},
+            "tokens_per_frame": per_frame,
+            "earlytom_default": {"prune_layers": list(SERVING.prune_layers), "tau": SERVING.tau,
+                                 "max_window": SERVING.max_window, "ema": SERVING.ema},
             "extra_prune_layers": [list(x) for x in args.extra_list],
             "cells": [{k: c[k] for k in ("label", "method", "ratio", "prune_layers", "setting")}
                       for c in cells],
@@ -829,49 +679,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=float) + "\n")
     if args.plot:
-        plot(report, Path(args.plot))
-    print_table(report)
+        plot_ttft(report, Path(args.plot))
+    print_ttft(report)
     return 0
-
-
-def print_table(report: dict[str, Any]) -> None:
-    for vname, v in report["videos"].items():
-        print(f"\n== {vname} video ({report['config']['frames']} frames) ==")
-        print(f"{'cell':26s} {'TTFT med':>8s} {'min':>6s} {'max':>6s} {'front':>6s} "
-              f"{'vision':>6s} {'tokens':>6s} {'prefill':>7s} {'ptoks':>6s} {'encF':>5s} "
-              f"{'vs none':>7s} {'vs post':>7s} {'vs evs':>7s} {'cpu s':>6s} {'cpu/none':>8s} "
-              f"{'retry':>5s}")
-        for lb, c in v["cells"].items():
-            s, b = c["summary_seconds"], c["breakdown_median_seconds"]
-            sp = v["speedups"].get(lb, {})
-
-            def f(key: str, sp: dict[str, Any] = sp) -> str:
-                return f"{sp[key]['from_medians']:.2f}x" if key in sp else "-"
-
-            print(f"{lb:26s} {s['ttft']['median']:8.3f} {s['ttft']['min']:6.2f} "
-                  f"{s['ttft']['max']:6.2f} {b['frontend']:6.3f} {b['vision']:6.3f} "
-                  f"{b['tokens']:6.3f} {b['prefill']:7.3f} {c['prompt_tokens']!s:>6s} "
-                  f"{c['frames']['mean_encoder_frames']:5.1f} {f('vs_none'):>7s} "
-                  f"{f('vs_post_encoder'):>7s} {f('vs_evs'):>7s} "
-                  f"{s.get('process_cpu_seconds', {}).get('median', float('nan')):6.2f} "
-                  f"{sp.get('vs_none', {}).get('cpu_time_medians', float('nan')):7.2f}x "
-                  f"{len(c['discarded_contended_samples']):>2d}/{c['contended_samples_kept']:<2d}")
-        if "vision_share_none" in v:
-            vs = v["vision_share_none"]
-            print(f"vision share of TTFT (none): {vs['vision_encoding_share']:.1%} "
-                  f"(+tokens {vs['vision_plus_tokens_share']:.1%}; target "
-                  f"{VISION_SHARE_BAND[0]:.0%}-{VISION_SHARE_BAND[1]:.0%}; paper 36.3%)")
-    print()
-    for t in report["targets"]:
-        extra = ""
-        if t.get("measured_cpu_time") is not None:
-            extra = (f"; paired {t['measured_paired_median']:.2f}, minima "
-                     f"{t['measured_from_minima']:.2f}, CPU time {t['measured_cpu_time']:.2f} "
-                     f"({'met' if t['met_by_cpu_time'] else 'missed'})")
-        print(f"[{'MET ' if t['met'] else 'MISS'}] {t['video']}: {t['name']}: "
-              f"{t['measured_from_medians']:.3f} (required {t['required']}){extra}")
-        if t["reason"]:
-            print(f"       {t['reason']}")
 
 
 if __name__ == "__main__":

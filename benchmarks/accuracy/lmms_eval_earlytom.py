@@ -26,6 +26,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from earlytom_vllm.config import METHODS
+
 
 def merged_body(extra: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
     """``extra`` under ``given``: dict values are merged one level deep, ``given`` wins."""
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="lmms-eval with an 'earlytom' request field (frames-as-video, ratio, "
         "method) for earlytom-serve. Arguments after '--' go to lmms-eval.")
     p.add_argument("--ratio", type=float, help="retain_ratio of every request")
-    p.add_argument("--method", choices=["earlytom", "post_encoder", "evs", "none"])
+    p.add_argument("--method", choices=METHODS)
     p.add_argument("--full", action="store_true", help="no compression (enabled = false)")
     p.add_argument("--no-frames-as-video", dest="frames_as_video", action="store_false",
                    help="send the frames as separate images (not what the recipe wants)")

@@ -18,10 +18,11 @@ checkpoint; then, per ratio, runs the recipe's exact command line (recipe B, the
 launcher (recipe A: the server-wide switch and ratio do everything; ``launcher_options`` is
 null for that run). lmms-eval decodes each mp4 with decord and sends 8 PNG frames per question;
 the launcher adds ``"earlytom": {"frames_as_video": true, ...}`` (the plain run adds nothing: the
-server's ``--frames-as-video`` applies); the front end's ``/metrics`` must then show exactly
-``6 * (budget(8, r) + 1)`` visual tokens after compression (``6 * (196 * 8 + 1)`` before) for the
-run: the frames arrived as one video per question and were
-compressed to the budget. Accuracy comes from lmms-eval's own results file (random weights: near
+server's ``--frames-as-video`` applies); the engine's ``/metrics`` (vLLM's, behind the front end;
+``/health`` names it) must then show exactly ``6 * (budget(8, r) + 1)`` visual tokens after
+compression (``6 * (8 x tokens per frame + 1)`` before, the counts of
+:func:`benchmarks.harness.expected_rows`) for the run: the frames arrived as one video per question
+and were compressed to the budget. Accuracy comes from lmms-eval's own results file (random weights: near
 chance or below). Writes ``benchmarks/results/accuracy_smoke_lmms_eval.json``.
 """
 
@@ -42,18 +43,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.accuracy.smoke import (
-    DEFAULT_SET,
-    load_set,
-    question_text,
-    render_video,
-    visual_tokens,
-)
-from benchmarks.throughput import launch_serve, machine_info, served_model, wait_ready, write_mp4
+from benchmarks import harness
+from benchmarks.accuracy.smoke_set import DEFAULT_SET, load_set, question_text, render_video
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = harness.ROOT
 SERVER_RATIO = 0.10  # earlytom-serve --retain-ratio: what a request without the field gets
-DEFAULT_JSON = ROOT / "benchmarks" / "results" / "accuracy_smoke_lmms_eval.json"
+DEFAULT_JSON = harness.RESULTS / "accuracy_smoke_lmms_eval.json"
+COUNTERS = ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total")
 #: (name, launcher options or None for plain lmms-eval, ratio). The server runs with
 #: --frames-as-video and the default ratio, so the plain run needs no launcher at all.
 RUNS = (("full", ["--full"], 1.0), ("r025", ["--ratio", "0.25"], 0.25),
@@ -103,7 +99,8 @@ def write_task(workdir: Path, data: dict[str, Any], frames: int, size: int) -> P
     videos.mkdir(parents=True)
     rows = []
     for item in data["items"]:
-        path = write_mp4(videos / f"{item['id']}.mp4", render_video(item["video"], frames, size))
+        path = harness.write_mp4(videos / f"{item['id']}.mp4",
+                                 render_video(item["video"], frames, size))
         rows.append({"id": item["id"], "video": str(path), "prompt": question_text(data, item),
                      "answer": item["answer"]})
     jsonl = workdir / "earlytom_smoke.jsonl"
@@ -115,14 +112,16 @@ def write_task(workdir: Path, data: dict[str, Any], frames: int, size: int) -> P
     return task
 
 
-def metric_totals(url: str) -> dict[str, float]:
+def metric_totals(backends: list[str]) -> dict[str, float]:
+    """The engines' visual-token counters, summed over labels and backends (vLLM's /metrics)."""
     import httpx
 
     out: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        for name in ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total"):
-            if line.startswith(name + "{"):
-                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    for url in backends:
+        for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+            for name in COUNTERS:
+                if line.startswith(name + "{"):
+                    out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -155,13 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         task = write_task(workdir, data, frames, size)
-        server = launch_serve(["--media-dir", str(workdir / "media"), "--health-interval", "0.5",
+        server = harness.launch_serve(["--media-dir", str(workdir / "media"), "--health-interval", "0.5",
                                "--log-level", "warning", "--frames-as-video",
                                "--retain-ratio", str(SERVER_RATIO)], workdir / "serve.log")
-        wait_ready(server, 600, "none")
-        model = served_model(server.url, "none")
+        harness.wait_ready(server, 600, "none")
+        model = harness.served_model(server.url, "none")
+        backends = harness.backend_urls(server.url, "none")
+        per_frame = harness.model_tokens_per_frame(harness.checkpoint(harness.TINY_SIZES)[0])
         for name, opts, ratio in RUNS:
-            before = metric_totals(server.url)
+            before = metric_totals(backends)
             out_dir = workdir / "out" / name
             # the launcher adds the earlytom field; the plain run is lmms-eval unchanged
             head = (["-m", "lmms_eval"] if opts is None else
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             seconds = round(time.perf_counter() - t, 1)
-            after = metric_totals(server.url)
+            after = metric_totals(backends)
             delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
             found = sorted(glob.glob(str(out_dir / "**" / "*results*.json"), recursive=True))
             accuracy = None
@@ -183,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = json.loads(Path(found[-1]).read_text())["results"]["earlytom_smoke"]
                 accuracy = next(v for k, v in res.items() if k.startswith("accuracy")
                                 and not k.startswith("accuracy_stderr"))
-            exp_before = n * (196 * frames + 1)
-            exp_after = n * visual_tokens(frames, ratio)
+            exp_before = n * harness.expected_rows("none", None, frames, per_frame)
+            exp_after = n * harness.expected_rows("earlytom", ratio, frames, per_frame)
             runs.append({
                 "run": name, "launcher_options": opts, "ratio": ratio, "exit": proc.returncode,
                 "seconds": seconds, "accuracy": accuracy,
@@ -208,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         r["exit"] == 0 and r["budget_ok"] and r["accuracy"] is not None for r in runs)
     report = {"benchmark": "accuracy_smoke_lmms_eval", "lmms_eval_version": lmms_version,
               "set": {"path": DEFAULT_SET.name, "questions": n, "frames": frames},
-              "model": model, "ok": ok, "runs": runs, "machine": machine_info(),
-              "loadavg": list(os.getloadavg()),
+              "model": model, "ok": ok, "runs": runs, "machine": harness.machine_info(),
+              "loadavg": harness.loadavg(),
               "seconds": round(time.perf_counter() - t0, 1)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -18,7 +18,9 @@ What it does, per retain ratio (default 1.0, 0.25, 0.10), for every question of
    front end turns the frames into one video and compresses it;
 3. parses the answer letter (A-D) from the reply and scores accuracy;
 4. checks ``usage.prompt_tokens`` against the token budget: the video must take exactly
-   ``budget(T, r) + 1`` tokens (``196 T + 1`` at r = 1), i.e. prompt tokens = text tokens + that,
+   ``budget(T, r) + 1`` tokens (``T x tokens per frame + 1`` at r = 1; the count of
+   :func:`benchmarks.harness.expected_rows`, tokens per frame from the checkpoint's config),
+   i.e. prompt tokens = text tokens + that,
    with the text tokens counted by the checkpoint's own tokenizer and chat template when the
    checkpoint is local (else inferred, and checked to be the same at every ratio).
 
@@ -47,49 +49,16 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks import harness
 from benchmarks.accuracy.lmms_eval_earlytom import earlytom_field, install_extra_body
-from benchmarks.throughput import (
-    TOKENS_PER_FRAME,
-    Server,
-    launch_serve,
-    machine_info,
-    served_model,
-    wait_ready,
-)
+from benchmarks.accuracy.smoke_set import DEFAULT_SET, load_set, question_text, render_video
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_SET = HERE / "smoke_set.json"
-DEFAULT_JSON = HERE.parent / "results" / "accuracy_smoke.json"
+DEFAULT_JSON = harness.RESULTS / "accuracy_smoke.json"
 RATIOS = (1.0, 0.25, 0.10)
-LETTERS = "ABCD"
 
 
 # --------------------------------------------------------------------------------------------------
-# The question set
-
-
-def load_set(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    for item in data["items"]:
-        if item["answer"] not in LETTERS:
-            raise ValueError(f"{item['id']}: answer must be one of {LETTERS}")
-    return data
-
-
-def render_video(spec: dict[str, Any], frames: int, size: int):
-    from earlytom_vllm import synthetic
-
-    kind, seed = spec["kind"], int(spec["seed"])
-    if kind == "scene":
-        return synthetic.scene_video(frames, size=size, num_scenes=int(spec.get("num_scenes", 3)),
-                                     seed=seed)
-    if kind == "motion":
-        return synthetic.high_motion_video(frames, size=size, seed=seed)
-    if kind == "static":
-        return synthetic.static_video(frames, size=size, seed=seed)
-    if kind == "random":
-        return synthetic.random_video(frames, size=size, seed=seed)
-    raise ValueError(f"unknown video kind {kind!r}")
+# Requests and answers
 
 
 def png_data_urls(frames: Any) -> list[str]:
@@ -102,13 +71,6 @@ def png_data_urls(frames: Any) -> list[str]:
             raise RuntimeError("PNG encoding failed")
         urls.append("data:image/png;base64," + base64.b64encode(buf.tobytes()).decode())
     return urls
-
-
-def question_text(data: dict[str, Any], item: dict[str, Any]) -> str:
-    question = item.get("question", data["question"])
-    options = item.get("options", data["options"])
-    instruction = item.get("instruction", data["instruction"])
-    return "\n".join([question, *options, instruction])
 
 
 def lmms_eval_payload(model: str, context: str, frame_urls: list[str], max_tokens: int
@@ -133,13 +95,6 @@ def parse_letter(text: str | None) -> str | None:
 
 # --------------------------------------------------------------------------------------------------
 # Token accounting
-
-
-def visual_tokens(frames: int, ratio: float) -> int:
-    from earlytom_vllm import EarlyTomConfig
-    from earlytom_vllm.plan import video_rows
-
-    return video_rows(frames, EarlyTomConfig(retain_ratio=ratio), TOKENS_PER_FRAME, 1)
 
 
 def text_token_counter(checkpoint: str | None):
@@ -194,23 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     workdir = Path(tempfile.mkdtemp(prefix="earlytom-acc-smoke-"))
-    server: Server | None = None
+    server: harness.Server | None = None
     checkpoint = args.checkpoint
     results: list[dict[str, Any]] = []
     timing: dict[str, float] = {}
     try:
         if args.url:
-            server = Server(url=args.url.rstrip("/"))
+            server = harness.Server(url=args.url.rstrip("/"))
         else:
             serve_args = ["--media-dir", str(workdir / "media"), "--health-interval", "0.5",
                           "--log-level", "warning"]
             if checkpoint:
                 serve_args += ["--model", checkpoint]
-            else:
-                from earlytom_vllm.checkpoints import ensure_tiny_checkpoint
-
-                checkpoint = str(ensure_tiny_checkpoint())
-            server = launch_serve(serve_args, args.server_log or workdir / "serve.log",
+            else:  # earlytom-serve's default model: the tiny checkpoint
+                checkpoint, _ = harness.checkpoint(harness.TINY_SIZES)
+            server = harness.launch_serve(serve_args, args.server_log or workdir / "serve.log",
                                   env={"VLLM_CPU_KVCACHE_SPACE":
                                        os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
             print(f"started earlytom-serve on {server.url}", file=sys.stderr)
@@ -226,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
             q["text_tokens"] = count_text(q["context"]) if count_text is not None else None
 
         t_wait = time.perf_counter()
-        wait_ready(server, args.startup_timeout, args.api_key)
+        harness.wait_ready(server, args.startup_timeout, args.api_key)
         timing["server_ready_wait"] = round(time.perf_counter() - t_wait, 1)
-        model = args.model or served_model(server.url, args.api_key)
+        model = args.model or harness.served_model(server.url, args.api_key)
+        per_frame = harness.model_tokens_per_frame(checkpoint or model)
+
+        def visual_tokens(frames: int, ratio: float) -> int:
+            return harness.expected_rows("earlytom", ratio, frames, per_frame)
 
         import openai
 
@@ -266,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 uninstall()
             timing[f"ratio_{ratio:g}"] = round(time.perf_counter() - t_ratio, 1)
     finally:
-        if server is not None and server.proc is not None:
+        if server is not None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -310,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 "questions": len(data["items"]), "frames": frames, "frame_size": size,
                 "chance": 0.25},
         "server": {"url": "spawned earlytom-serve (127.0.0.1)" if not args.url else args.url,
-                   "model": model, "checkpoint": checkpoint},
+                   "model": model, "checkpoint": checkpoint, "tokens_per_frame": per_frame},
         "request_shape": "lmms-eval openai_compatible (simple): text part, then one "
                          "data:image/png image_url per frame; max_tokens, temperature 0; the "
                          "questions of one ratio in flight at once (--workers); body "
@@ -320,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "text_tokens_source": text_source,
         "per_ratio": per_ratio,
         "ok": ok,
-        "machine": machine_info(),
-        "loadavg": list(os.getloadavg()),
+        "machine": harness.machine_info(),
+        "loadavg": harness.loadavg(),
         "timing_s": {"total": round(time.perf_counter() - t_start, 1), **timing},
         "results": results,
     }

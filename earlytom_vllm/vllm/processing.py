@@ -32,6 +32,7 @@ from earlytom_vllm.config import (
     check_prune_layers,
     request_config,
 )
+from earlytom_vllm.metrics import VisualTokenCounters
 from earlytom_vllm.plan import VideoPlan
 
 KWARG = "earlytom"  # key in mm_processor_kwargs
@@ -202,25 +203,15 @@ def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
 
 
 class _VideoCounters:
-    """``earlytom_visual_tokens_{before,after}_total{model, method}`` in the default registry.
-
-    Counted per request from the plans (after = the placeholder rows the model fills exactly;
-    before = ``frames * tokens_per_frame + extra rows``). A video served from vLLM's processor
-    cache arrives without its plan, so each plan's counts are remembered by item hash.
-    """
+    """The engine's visual-token counters (:mod:`earlytom_vllm.metrics`), counted per request
+    from the plans (after = the placeholder rows the model fills exactly; before = ``frames *
+    tokens_per_frame + extra rows``). A video served from vLLM's processor cache arrives without
+    its plan, so each plan's counts are remembered by item hash."""
 
     _REMEMBER = 4096
 
     def __init__(self) -> None:
-        from prometheus_client import Counter
-
-        labels = ["model", "method"]
-        self.before = Counter("earlytom_visual_tokens_before",
-                              "Video tokens the prompts would hold without compression "
-                              "(frames x tokens per frame, plus the model's extra rows).", labels)
-        self.after = Counter("earlytom_visual_tokens_after",
-                             "Video tokens in the prompts after compression (the placeholder "
-                             "rows fixed by the EarlyTom processor).", labels)
+        self.counters = VisualTokenCounters()
         self.known: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
 
     def remember(self, key: str | None, value: tuple[int, int, str]) -> None:
@@ -257,5 +248,4 @@ def count_videos(info: Any, result: Mapping[str, Any]) -> None:
         else:
             continue  # a video given as embeddings: nothing was compressed
         before, after, method = value
-        _COUNTERS.before.labels(model, method).inc(before)
-        _COUNTERS.after.labels(model, method).inc(after)
+        _COUNTERS.counters.add(model, method, before, after)

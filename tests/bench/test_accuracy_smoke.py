@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import lmms_eval_earlytom as inj  # noqa: E402
-from benchmarks.accuracy import smoke  # noqa: E402
+from benchmarks.accuracy import smoke, smoke_set  # noqa: E402
 from earlytom_vllm.core.budget import video_token_budget  # noqa: E402
 
 
@@ -32,10 +32,13 @@ def test_parse_letter():
 
 
 def test_smoke_set_is_well_formed():
-    data = smoke.load_set(smoke.DEFAULT_SET)
+    data = smoke_set.load_set(smoke_set.DEFAULT_SET)
     assert len(data["items"]) == 6 and len(data["options"]) == 4
     assert len({i["id"] for i in data["items"]}) == 6
-    text = smoke.question_text(data, data["items"][0])
+    for item in data["items"]:  # every question's video renders
+        v = smoke_set.render_video(item["video"], 2, int(data["frame_size"]))
+        assert v.shape[:2] == (2, data["frame_size"]), item["id"]
+    text = smoke_set.question_text(data, data["items"][0])
     assert text.splitlines()[1].startswith("A.") and text.splitlines()[4].startswith("D.")
 
 
@@ -80,11 +83,14 @@ def test_smoke_run(tmp_path, capsys):
     assert code == 0, json.dumps(report["per_ratio"], indent=1)
     assert report["ratios"] == [1.0, 0.25, 0.10]
     assert report["text_tokens_source"] == "tokenizer"
+    per_frame = report["server"]["tokens_per_frame"]
+    assert per_frame == 196  # the tiny checkpoint's, from its config
     for ratio in report["ratios"]:
         v = report["per_ratio"][f"{ratio:g}"]
         assert v["answered"] == v["questions"] == 6  # every question answered
         assert 0.0 <= v["accuracy"] <= 1.0
-        expected = 196 * frames + 1 if ratio == 1.0 else video_token_budget(frames, ratio, 196) + 1
+        expected = per_frame * frames + 1 if ratio == 1.0 \
+            else video_token_budget(frames, ratio, per_frame) + 1
         assert v["visual_tokens_expected"] == expected
         assert v["budget_ok"]
     for row in report["results"]:

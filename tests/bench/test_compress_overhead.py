@@ -37,7 +37,7 @@ def test_structure(report):
     for key in ("shapes", "settings", "machine", "frames", "timings", "summary_ms", "overhead"):
         assert key in report
     m = report["machine"]
-    assert m["torch"] == co.torch.__version__
+    assert m["versions"]["torch"] == co.torch.__version__
     assert m["torch_threads"] == 1
     assert isinstance(m["cpu_model"], str) and m["cpu_model"]
     assert report["shapes"]["frames"] == 4 and report["shapes"]["pooled_tokens_per_frame"] == 16

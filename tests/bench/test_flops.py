@@ -1,5 +1,10 @@
 """benchmarks/flops.py: the paper's published figures, the project's per-frame count, orderings,
-and that the committed results/flops.json is what a fresh run produces."""
+and that the committed results/flops.json is what a fresh run produces.
+
+Tests named ``test_fitted_*`` (marker ``fitted``) check values that were fitted to the
+implementation (the EarlyTom frame schedule that reproduces the paper's 36.5 / 32.2): they guard
+against drift and are not checks of correctness (``pytest -m "not fitted"`` leaves them out).
+"""
 
 from __future__ import annotations
 
@@ -58,9 +63,28 @@ def test_paper_post_encoder_10_percent_45_2():
     assert paper("post_encoder", 0.10) == pytest.approx(45.2, abs=0.05)
 
 
-def test_paper_earlytom_rows_with_default_schedule():
+@pytest.mark.fitted
+def test_fitted_default_schedule_reproduces_the_paper_earlytom_rows():
+    """FITTED, not a check of correctness: the default frame schedule (10:22,21:20,23:17) was
+    chosen so that the paper's convention gives its EarlyTom rows, 36.5 (25%) and 32.2 (10%).
+    This only guards the counting against drifting from that fit."""
     assert paper("earlytom", 0.25) == pytest.approx(36.5, abs=0.05)
     assert paper("earlytom", 0.10) == pytest.approx(32.2, abs=0.05)
+
+
+@pytest.mark.fitted
+def test_fitted_schedule_is_not_determined_by_the_paper_rows():
+    """FITTED: why the row above is no evidence for the schedule. Another schedule gives the same
+    two figures, and no merging at all does not (the rows do constrain the frame counts)."""
+    other = flops.parse_schedule("10:23,21:17,23:13")
+    none = flops.parse_schedule("10:32,21:32,23:32")
+
+    def total(r: float, sched) -> float:
+        return flops.count_paper(OV7B, "earlytom", r, frames=32, schedule=sched)["tflops"]["total"]
+
+    assert total(0.25, other) == pytest.approx(36.5, abs=0.05)
+    assert total(0.10, other) == pytest.approx(32.2, abs=0.05)
+    assert total(0.25, none) > 36.5 + 10
 
 
 def test_vision_per_frame_10_25():
@@ -68,9 +92,23 @@ def test_vision_per_frame_10_25():
     assert ours("full", 1.0, "encoder") == pytest.approx(10.25, abs=0.05)
 
 
-def test_checks_in_results_all_ok(results):
-    assert results["paper_checks"]
-    assert all(c["ok"] for c in results["paper_checks"]), results["paper_checks"]
+FITTED_CHECKS = {"earlytom"}  # paper_checks rows whose value comes from the fitted schedule
+
+
+def test_paper_checks_without_free_parameters_all_ok(results):
+    """The published figures that follow from the model's shapes and the paper's counting rule
+    alone (full tokens, vision encoder, post-encoder, HoliTom): nothing was tuned to get them."""
+    checks = [c for c in results["paper_checks"] if c["method"] not in FITTED_CHECKS]
+    assert len(checks) == 6
+    assert all(c["ok"] for c in checks), checks
+
+
+@pytest.mark.fitted
+def test_fitted_paper_checks_for_the_earlytom_rows_ok(results):
+    """FITTED (see test_fitted_default_schedule_reproduces_the_paper_earlytom_rows)."""
+    checks = [c for c in results["paper_checks"] if c["method"] in FITTED_CHECKS]
+    assert [c["ratio"] for c in checks] == ["0.25", "0.10"]
+    assert all(c["ok"] for c in checks), checks
 
 
 # -- this project's convention -------------------------------------------------------------------
@@ -165,19 +203,6 @@ def test_stage1_rule_schedule_uses_the_library():
     assert 32 > values[0] >= values[1] >= values[2] >= 1
     floor = flops.stage1_rule_schedule(32, min_frames=20)
     assert min(floor.values()) >= 20
-
-
-def test_synthetic_video_similarity_structure():
-    x = flops.synthetic_video(10, 64, 256, scene_starts=(0.0, 0.5), seed=3)
-    unit = x / x.norm(dim=-1, keepdim=True)
-
-    def sim(a, b):
-        return float((unit[a] * unit[b]).sum(-1).mean())
-
-    assert sim(0, 1) == pytest.approx(0.9, abs=0.05)  # neighbours in a scene
-    assert sim(4, 5) == pytest.approx(0.2, abs=0.05)  # across the cut at frame 5
-    assert sim(0, 4) < sim(0, 1)
-    assert flops.synthetic_video(10, 64, 256, scene_starts=(0.0, 0.5), seed=3).equal(x)
 
 
 # -- the committed results -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
 
 from benchmarks import throughput as tp  # noqa: E402
 
-METHODS = ["none", "post_encoder", "evs", "earlytom"]
+METHODS = list(tp.METHODS)
 
 
 def test_requests_formula():
@@ -88,8 +88,8 @@ def test_quick_run(tmp_path):
     assert len(load["start"]) == 3 and len(load["end"]) == 3
     assert 0 <= load["min_1m"] <= load["max_1m"]
     assert all(len(b["loadavg_before"]) == 3 for b in report["batches"])
-    for b in report["batches"]:  # CPU accounting from /proc: ours plus others = the machine
-        assert b["our_cores"] > 0 and b["foreign_cores"] >= 0
+    for b in report["batches"]:  # CPU accounting (psutil): ours plus others = the machine
+        assert b["our_cores"] > 0 and b["foreign_cores"] >= 0 and b["our_cpu_seconds"] > 0
         assert b["foreign_cores"] == pytest.approx(max(0.0, b["machine_cores"] - b["our_cores"]),
                                                    abs=0.02)
     assert len(report["cells"]) == 8
@@ -102,6 +102,10 @@ def test_quick_run(tmp_path):
     assert report["checks"]["errors"] == 0
     assert report["checks"]["ignore_eos_honored"]
     assert report["checks"]["budget_matches"], report["checks"]
+    assert report["model"]["tokens_per_frame"] == 196  # the tiny checkpoint's, from its config
+    assert report["model"]["sizes_from"] == "benchmarks.harness.TINY_SIZES"
+    visual = {r["method"]: r["visual_tokens_expected"] for r in report["cells"]}
+    assert visual["none"] == 4 * 196 + 1
     assert set(report["ratios"]) == {"earlytom_vs_none", "earlytom_vs_post_encoder",
                                      "earlytom_vs_evs"}
     for name in ("saturated_vs_full", "above_post_encoder_every_level",

@@ -16,13 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import harness  # noqa: E402
 from earlytom_vllm.core.budget import video_token_budget  # noqa: E402
 
 pytestmark = pytest.mark.engine
 
 FRAMES = 8
 RATIOS = (0.25, 0.10)
-METHODS = ("none", "post_encoder", "evs", "earlytom")
+METHODS = harness.METHODS
 PARTS = ("frontend", "vision", "tokens", "prefill")
 TOL = 0.005  # seconds: rounding between the engine's clocks and the model's
 
@@ -51,8 +52,9 @@ def test_structure(report):
     assert cfg["quick"] and cfg["frames"] == FRAMES and cfg["runs"] == 1
     assert cfg["ratios"] == list(RATIOS) and cfg["methods"] == list(METHODS)
     m = report["machine"]
-    for key in ("torch", "vllm", "cpu_model", "logical_cpus"):
+    for key in ("versions", "cpu_model", "logical_cpus", "torch_threads"):
         assert m[key]
+    assert "torch" in m["versions"]
     assert report["load_average"]["start"] is not None
     assert set(report["videos"]) == {"scene"}
     cells = report["videos"]["scene"]["cells"]
@@ -66,14 +68,16 @@ def test_structure(report):
         "earlytom@0.10 vs none", "earlytom@0.10 vs post_encoder", "earlytom@0.10 vs evs"}
 
 
-def test_prompt_tokens_are_text_plus_budget_plus_newline(report):
+def test_prompt_tokens_are_text_plus_budget_plus_newline(report, tiny_checkpoint):
     text = report["config"]["text_tokens"]
     assert text > 0
+    per_frame = report["config"]["tokens_per_frame"]
+    assert per_frame == harness.model_tokens_per_frame(tiny_checkpoint) == 196  # from the model
     for label, c in report["videos"]["scene"]["cells"].items():
         if c["method"] == "none":
-            want = text + FRAMES * 196 + 1
+            want = text + FRAMES * per_frame + 1
         else:
-            want = text + video_token_budget(FRAMES, c["ratio"], 196) + 1
+            want = text + video_token_budget(FRAMES, c["ratio"], per_frame) + 1
         assert c["prompt_tokens"] == want, label
         assert c["expected_prompt_tokens"] == want and c["prompt_tokens_ok"], label
         assert all(s["rows"] == want - text for s in c["samples"]), label
