@@ -318,3 +318,33 @@ def test_backend_dies_with_a_killed_front_end(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_architecture_follows_the_checkpoint_config(tmp_path):
+    """``--model`` of either family gets its EarlyTom architecture; an unknown or unreadable
+    config keeps the LLaVA-OneVision default."""
+    from earlytom_server.supervisor import earlytom_architecture, hf_overrides
+
+    def checkpoint(name: str, config: dict | None) -> str:
+        d = tmp_path / name
+        d.mkdir()
+        if config is not None:
+            (d / "config.json").write_text(json.dumps(config))
+        return str(d)
+
+    qwen = checkpoint("qwen", {"model_type": "qwen2_5_vl",
+                               "architectures": ["Qwen2_5_VLForConditionalGeneration"]})
+    qwen_type_only = checkpoint("qwen-type", {"model_type": "qwen2_5_vl"})
+    llava = checkpoint("llava", {"model_type": "llava_onevision",
+                                 "architectures": ["LlavaOnevisionForConditionalGeneration"]})
+    other = checkpoint("other", {"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    missing = checkpoint("missing", None)
+    qwen_arch = "EarlyTomQwen2_5_VLForConditionalGeneration"
+    assert earlytom_architecture(qwen) == earlytom_architecture(qwen_type_only) == qwen_arch
+    for model in (llava, other, missing, None, "no/such-repo"):
+        assert earlytom_architecture(model) == ARCHITECTURE
+    s = Settings(num_frames=16)
+    cmd = build_vllm_command(s, model=qwen, served_model_name="q", port=1, media_dir=tmp_path)
+    args = dict(itertools.pairwise(cmd))
+    assert json.loads(args["--hf-overrides"])["architectures"] == [qwen_arch]
+    assert hf_overrides(s)["architectures"] == [ARCHITECTURE]
