@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.processing import PromptReplacement
 
 from earlytom_vllm.config import (
     EarlyTomConfig,
@@ -166,6 +167,23 @@ def plan_of(out_mm_kwargs: Any, item_idx: int) -> VideoPlan | None:
     if item is None or PLAN_FIELD not in item:
         return None
     return VideoPlan.decode(item[PLAN_FIELD].data.tolist())
+
+
+def replace_video_placeholders(updates: Sequence[Any], out_mm_kwargs: Any,
+                               video_token_id: int) -> list[Any]:
+    """The family's prompt updates with the video one replaced: each video's placeholder becomes
+    ``plan.rows`` copies of ``video_token_id``, read back from the plan the model will obey.
+    Videos without a plan (given as embeddings) keep the stock updates."""
+    updates = list(updates)
+    videos = out_mm_kwargs.get("video", [])
+    if not videos or any(plan_of(out_mm_kwargs, i) is None for i in range(len(videos))):
+        return updates
+
+    def replacement(item_idx: int) -> list[int]:
+        return [video_token_id] * plan_of(out_mm_kwargs, item_idx).rows
+
+    return [*(u for u in updates if u.modality != "video"),
+            PromptReplacement(modality="video", target=[video_token_id], replacement=replacement)]
 
 
 def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
