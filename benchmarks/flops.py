@@ -124,7 +124,13 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import RESULTS, pooled_side, synthetic_hidden_states
+from benchmarks.harness import (  # noqa: F401  (evs_*: re-exported for the FLOPs tables)
+    RESULTS,
+    evs_rate_for_budget,
+    evs_tokens,
+    pooled_side,
+    synthetic_hidden_states,
+)
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
     merge_frames,
@@ -334,24 +340,6 @@ def qwen_merger_macs(slices: int, v: QwenVisionConfig) -> int:
     """The patch merger: per LLM token, Linear(4w -> 4w), GELU, Linear(4w -> D)."""
     hidden = v.width * v.merge * v.merge
     return slices * v.pooled_tokens_per_frame * (hidden * hidden + hidden * v.out_hidden)
-
-
-def evs_tokens(total: int, tokens_per_frame: int, q: float) -> int:
-    """vLLM 0.32 EVS's kept count (``video_prune/evs.py``): ``max(tokens_per_frame,
-    int(total * (1 - q)))``."""
-    return max(tokens_per_frame, int(total * (1 - q)))
-
-
-def evs_rate_for_budget(total: int, tokens_per_frame: int, budget: int) -> float:
-    """The ``--video-pruning-rate`` q whose EVS count is closest to ``budget`` (ties: the count
-    at or above it). q is printed to 6 decimals, so the search runs on that grid."""
-    if budget >= total:
-        return 0.0
-    q = round(1 - budget / total, 6)
-    best = min((round(q + k * 1e-6, 6) for k in range(-3, 4) if 0 <= q + k * 1e-6 < 1),
-               key=lambda x: (abs(evs_tokens(total, tokens_per_frame, x) - budget),
-                              evs_tokens(total, tokens_per_frame, x) < budget))
-    return best
 
 
 # ------------------------------------------------------------------------------------------------
@@ -893,7 +881,7 @@ def write_plot(results: dict[str, Any], path: Path, key: str = "llava-ov-7b") ->
     m = results["models"][key]
     ratios = results["settings"]["ratios"]
     panels = (
-        ("this project: per frame, GQA, SwiGLU, text", m["correct"],
+        ("this project: per frame (slice), windows, GQA, SwiGLU, text", m["correct"],
          (("full", "full"), ("post_encoder", "post-encoder"), ("earlytom", "EarlyTom"),
           ("earlytom_stage1_rule", "EarlyTom (Stage I rule)"))),
         ("paper convention", m["paper"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks import flops
+from benchmarks import flops, harness
 from earlytom_vllm.core import video_token_budget
 
 QWEN = flops.MODELS["qwen2.5-vl-7b"]
@@ -71,9 +71,9 @@ def test_evs_rate_matches_the_budget():
     total, tpf = 16 * 256, 256
     for r in (0.15, 0.10):
         budget = video_token_budget(16, r, tpf)
-        q = flops.evs_rate_for_budget(total, tpf, budget)
-        assert abs(flops.evs_tokens(total, tpf, q) - budget) <= 1
-    assert flops.evs_tokens(total, tpf, 0.99) == tpf  # EVS never goes below one frame
+        q = harness.evs_rate_for_budget(total, tpf, budget)
+        assert abs(harness.evs_tokens(total, tpf, q) - budget) <= 1
+    assert harness.evs_tokens(total, tpf, 0.99) == tpf  # EVS never goes below one frame
 
 
 def test_odd_frame_count_is_rejected():
@@ -96,3 +96,11 @@ def test_fitted_qwen_paper_section_in_results():
     assert abs(q["full_paper_convention"] - 554.7) < 0.5
     # 67.7 at 15% is below what blocks 0..7 alone cost in the paper's own convention
     assert q["paper_convention_floor_before_first_prune"] > flops.QWEN_PAPER_EARLYTOM_15
+
+
+def test_evs_rates_for_the_qwen_benchmark_setting():
+    # 32 frames x 448^2: 16 slices x 16x16 merged tokens = 4096; EVS matches the budget exactly
+    for r, budget in ((0.15, 16 * 39), (0.10, 16 * 26)):
+        assert video_token_budget(16, r, 256) == budget
+        q = harness.evs_rate_for_budget(4096, 256, budget)
+        assert harness.evs_tokens(4096, 256, q) == budget, (r, q)
