@@ -39,6 +39,8 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,23 +151,45 @@ _CORPUS_LINES = (
 # Cache
 
 
+@dataclass(frozen=True)
+class _Family:
+    """What the cache needs to know about one model family's builder."""
+
+    name: str  # directory prefix
+    version: int  # builder version, part of the key
+    tag: str | None  # part of the key; None for LLaVA-OneVision, whose keys predate families
+    build: Callable[..., Path]  # build(path, **resolved)
+    defaults: Callable[[], dict[str, Any]]
+    validate: Callable[[dict[str, Any]], None]
+
+    def resolve(self, sizes: dict[str, Any]) -> dict[str, Any]:
+        defaults = self.defaults()
+        unknown = sorted(set(sizes) - set(defaults))
+        if unknown:
+            raise TypeError(f"unknown checkpoint argument(s): {', '.join(unknown)}")
+        resolved = {**defaults, **sizes}
+        self.validate(resolved)
+        return resolved
+
+    def payload(self, resolved: dict[str, Any]) -> dict[str, Any]:
+        payload: dict[str, Any] = {"builder_version": self.version, "args": resolved}
+        if self.tag is not None:
+            payload["family"] = self.tag
+        return payload
+
+    def key(self, sizes: dict[str, Any]) -> str:
+        payload = json.dumps(self.payload(self.resolve(sizes)), sort_keys=True,
+                             separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def _resolve_sizes(sizes: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(sizes) - set(_DEFAULT_ARGS))
-    if unknown:
-        raise TypeError(f"unknown checkpoint argument(s): {', '.join(unknown)}")
-    resolved = {**_DEFAULT_ARGS, **sizes}
-    _validate(resolved)
-    return resolved
+    return _LLAVA.resolve(sizes)
 
 
 def checkpoint_key(**sizes: Any) -> str:
     """The cache key of a checkpoint: a hash of the resolved arguments and the builder version."""
-    payload = json.dumps(
-        {"builder_version": BUILDER_VERSION, "args": _resolve_sizes(sizes)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return _LLAVA.key(sizes)
 
 
 def ensure_checkpoint(cache_dir: str | os.PathLike[str] | None = None, **sizes: Any) -> Path:
@@ -175,9 +199,14 @@ def ensure_checkpoint(cache_dir: str | os.PathLike[str] | None = None, **sizes: 
     :func:`build_checkpoint` (defaults filled in, ``seed`` and ``dtype`` included) and
     :data:`BUILDER_VERSION`. Safe to call from several processes at once.
     """
+    return _ensure(_LLAVA, cache_dir, sizes)
+
+
+def _ensure(family: _Family, cache_dir: str | os.PathLike[str] | None,
+            sizes: dict[str, Any]) -> Path:
     root = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
-    resolved = _resolve_sizes(sizes)
-    target = root / f"{CHECKPOINT_NAME}-{checkpoint_key(**resolved)}"
+    resolved = family.resolve(sizes)
+    target = root / f"{family.name}-{family.key(resolved)}"
     if (target / _COMPLETE_MARKER).is_file():
         return target
     # Threads of one process build one at a time (transformers' lazy imports and torch's global
@@ -185,10 +214,11 @@ def ensure_checkpoint(cache_dir: str | os.PathLike[str] | None = None, **sizes: 
     with _BUILD_LOCK:
         if (target / _COMPLETE_MARKER).is_file():
             return target
-        return _build_into_cache(root, target, resolved)
+        return _build_into_cache(family, root, target, resolved)
 
 
-def _build_into_cache(root: Path, target: Path, resolved: dict[str, Any]) -> Path:
+def _build_into_cache(family: _Family, root: Path, target: Path,
+                      resolved: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if (target / _COMPLETE_MARKER).is_file():  # another process finished meanwhile
         return target
@@ -205,10 +235,8 @@ def _build_into_cache(root: Path, target: Path, resolved: dict[str, Any]) -> Pat
 
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}.tmp-"))
     try:
-        build_checkpoint(tmp, **resolved)
-        (tmp / _COMPLETE_MARKER).write_text(
-            json.dumps({"builder_version": BUILDER_VERSION, "args": resolved}, sort_keys=True)
-        )
+        family.build(tmp, **resolved)
+        (tmp / _COMPLETE_MARKER).write_text(json.dumps(family.payload(resolved), sort_keys=True))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, target)
@@ -248,8 +276,9 @@ def _validate(sizes: dict[str, Any]) -> None:
             raise ValueError(f"{width} must be divisible by {heads}")
 
 
-def _train_tokenizer():
-    """A byte-level BPE in the Qwen2 layout, trained on the built-in corpus (deterministic)."""
+def _train_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS):
+    """A byte-level BPE in the Qwen2 layout, trained on the built-in corpus (deterministic), with
+    ``special_tokens`` appended after the learned vocabulary."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -275,21 +304,22 @@ def _train_tokenizer():
     )
     corpus = [line for _ in range(4) for line in _CORPUS_LINES]
     tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     return tok
 
 
-def _make_tokenizer():
+def _make_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+                    chat_template: str = CHAT_TEMPLATE):
     from transformers import Qwen2Tokenizer
 
     return Qwen2Tokenizer(
-        tokenizer_object=_train_tokenizer(),
+        tokenizer_object=_train_tokenizer(special_tokens),
         unk_token=None,
         bos_token=None,
         eos_token=IM_END,
         pad_token=PAD_TOKEN,
         model_max_length=_MAX_POSITIONS,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
@@ -365,16 +395,16 @@ def _make_processor(tokenizer):
     )
 
 
-def _make_model(config, seed: int):
+def _make_model(config, seed: int, model_class: str = "LlavaOnevisionForConditionalGeneration"):
     """Random weights from ``seed``: float32, on the CPU; the caller's RNG state is left alone."""
     import torch
-    from transformers import LlavaOnevisionForConditionalGeneration
+    import transformers
 
     # Initialisation draws from torch's global CPU generator (callers hold _BUILD_LOCK, so threads
     # cannot interleave their draws); the generator is restored afterwards.
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
-        model = LlavaOnevisionForConditionalGeneration(config)
+        model = getattr(transformers, model_class)(config)
     return model.to(torch.float32).eval()
 
 
@@ -451,30 +481,33 @@ def build_checkpoint(
 
 
 def _build(out: Path, sizes: dict[str, Any]) -> Path:
+    tokenizer = _make_tokenizer()
+    config = _make_config(tokenizer, sizes)
+    model = _make_model(config, sizes["seed"])
+    _save(out, model, _make_processor(tokenizer), tokenizer, sizes["dtype"])
+    _rename_vision_keys(out)
+    return out
+
+
+def _save(out: Path, model, processor, tokenizer, dtype: str) -> None:
+    """Cast, attach the greedy generation config, and write model, processor and tokenizer."""
     import torch
     from transformers import GenerationConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    seed, dtype = sizes["seed"], sizes["dtype"]
-    tokenizer = _make_tokenizer()
-    config = _make_config(tokenizer, sizes)
-    processor = _make_processor(tokenizer)
-    model = _make_model(config, seed)
     if dtype != "float32":
         model = model.to(getattr(torch, dtype))
     model.config.dtype = dtype
+    text = model.config.text_config
     model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=[config.text_config.eos_token_id, config.text_config.pad_token_id],
-        pad_token_id=config.text_config.pad_token_id,
+        bos_token_id=text.bos_token_id,
+        eos_token_id=[text.eos_token_id, text.pad_token_id],
+        pad_token_id=text.pad_token_id,
         do_sample=False,
     )
-
     model.save_pretrained(out)
-    _rename_vision_keys(out)
     processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return out
 
 
 #: The keyword arguments of :func:`build_checkpoint` with their defaults (the default tiny model).
@@ -483,3 +516,236 @@ _DEFAULT_ARGS: dict[str, Any] = {
     for p in inspect.signature(build_checkpoint).parameters.values()
     if p.kind is p.KEYWORD_ONLY
 }
+
+_LLAVA = _Family(
+    name=CHECKPOINT_NAME,
+    version=BUILDER_VERSION,
+    tag=None,
+    build=lambda path, **sizes: build_checkpoint(path, **sizes),  # looked up per call
+    defaults=lambda: _DEFAULT_ARGS,
+    validate=lambda sizes: _validate(sizes),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Qwen2.5-VL
+
+#: Name prefix of cached Qwen2.5-VL checkpoint directories.
+QWEN_CHECKPOINT_NAME = "tiny-qwen2-5-vl"
+#: Bump whenever the Qwen2.5-VL files produced for the same arguments change (part of its key).
+QWEN_BUILDER_VERSION = 1
+
+# Real Qwen2.5-VL vision geometry (method.md section 7).
+QWEN_PATCH_SIZE = 14
+QWEN_TEMPORAL_PATCH = 2
+QWEN_MERGE = 2
+QWEN_WINDOW = 112  # px: 8 x 8 patches = 4 x 4 merge units
+QWEN_TOKENS_PER_SECOND = 2
+#: Full attention every 8th block, as in every released Qwen2.5-VL (depth 32: 7, 15, 23, 31).
+QWEN_FULLATT_EVERY = 8
+#: Pixel limits of both processors (vLLM estimates video counts from the image processor's
+#: ``size``, so they must agree): 56 x 56 .. 448 x 448 keeps tiny prompts tiny.
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 448 * 448
+QWEN_VISION_START = "<|vision_start|>"
+QWEN_VISION_END = "<|vision_end|>"
+QWEN_IMAGE_PAD = "<|image_pad|>"
+QWEN_VIDEO_PAD = "<|video_pad|>"
+QWEN_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, QWEN_VISION_START, QWEN_VISION_END,
+                       QWEN_IMAGE_PAD, QWEN_VIDEO_PAD)
+
+#: Chat template with the structure of Qwen/Qwen2.5-VL-7B-Instruct's: a default system message,
+#: then per message its parts IN ORDER, an image as ``<|vision_start|><|image_pad|><|vision_end|>``
+#: and a video as ``<|vision_start|><|video_pad|><|vision_end|>``.
+QWEN_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for content in message['content'] -%}"
+    "{%- if content['type'] == 'image' -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif content['type'] == 'video' -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif content['type'] == 'text' -%}"
+    "{{- content['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+#: The benchmark-sized Qwen2.5-VL (``ensure_qwen_checkpoint(**QWEN_BENCHMARK_SIZES)``): the
+#: vision tower of the prototype benchmark (32 blocks x 384 wide), and an LLM sized so that the
+#: vision share of a full-token TTFT is that of Qwen2.5-VL-7B at the benchmark's 32 frames of
+#: 448 x 448 (see :data:`QWEN_BENCHMARK_NOTE`).
+QWEN_BENCHMARK_SIZES: dict[str, Any] = {
+    "vision_hidden": 384,
+    "vision_heads": 6,
+    "vision_intermediate": 1024,
+    "text_hidden": 1536,
+    "text_layers": 12,
+    "text_heads": 12,
+    "text_kv_heads": 2,
+    "text_intermediate": 8192,
+}
+QWEN_BENCHMARK_NOTE = "filled in below"
+
+
+def _validate_qwen(sizes: dict[str, Any]) -> None:
+    _validate(sizes)
+    for width, heads in (("vision_hidden", "vision_heads"), ("text_hidden", "text_heads")):
+        if (sizes[width] // sizes[heads]) % 16:
+            # vision: 2-D rotary over half the head; text: M-RoPE sections 1/4, 3/8, 3/8 of it
+            raise ValueError(f"{width} / {heads} (the head size) must be a multiple of 16")
+    if sizes["vision_layers"] < QWEN_FULLATT_EVERY:
+        raise ValueError(f"vision_layers must be >= {QWEN_FULLATT_EVERY} (a full-attention block)")
+
+
+def qwen_checkpoint_key(**sizes: Any) -> str:
+    """The cache key of a Qwen2.5-VL checkpoint (arguments of :func:`build_qwen_checkpoint`)."""
+    return _QWEN.key(sizes)
+
+
+def ensure_qwen_checkpoint(cache_dir: str | os.PathLike[str] | None = None,
+                           **sizes: Any) -> Path:
+    """Like :func:`ensure_checkpoint`, for :func:`build_qwen_checkpoint` (directories named
+    ``tiny-qwen2-5-vl-<hash>``)."""
+    return _ensure(_QWEN, cache_dir, sizes)
+
+
+def _make_qwen_config(tokenizer, sizes: dict[str, Any]):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    depth = sizes["vision_layers"]
+    half = sizes["text_hidden"] // sizes["text_heads"] // 2  # rotary frequencies per head
+    mrope = [half // 4, 3 * half // 8, 3 * half // 8]  # 7B: head 128 -> [16, 24, 24]
+    text = {
+        "vocab_size": 64 * math.ceil(len(tokenizer) / 64),
+        "hidden_size": sizes["text_hidden"],
+        "intermediate_size": sizes["text_intermediate"],
+        "num_hidden_layers": sizes["text_layers"],
+        "num_attention_heads": sizes["text_heads"],
+        "num_key_value_heads": sizes["text_kv_heads"],
+        "max_position_embeddings": _MAX_POSITIONS,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                            "mrope_section": mrope},
+        "tie_word_embeddings": True,
+        "bos_token_id": ids[PAD_TOKEN],
+        "eos_token_id": ids[IM_END],
+        "pad_token_id": ids[PAD_TOKEN],
+    }
+    vision = {
+        "depth": depth,
+        "hidden_size": sizes["vision_hidden"],
+        "intermediate_size": sizes["vision_intermediate"],
+        "num_heads": sizes["vision_heads"],
+        "hidden_act": "silu",
+        "patch_size": QWEN_PATCH_SIZE,
+        "temporal_patch_size": QWEN_TEMPORAL_PATCH,
+        "spatial_merge_size": QWEN_MERGE,
+        "window_size": QWEN_WINDOW,
+        "tokens_per_second": QWEN_TOKENS_PER_SECOND,
+        "out_hidden_size": sizes["text_hidden"],
+        "fullatt_block_indexes": list(range(QWEN_FULLATT_EVERY - 1, depth, QWEN_FULLATT_EVERY)),
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids[QWEN_IMAGE_PAD],
+        video_token_id=ids[QWEN_VIDEO_PAD],
+        vision_start_token_id=ids[QWEN_VISION_START],
+        vision_end_token_id=ids[QWEN_VISION_END],
+        tie_word_embeddings=True,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+def _make_qwen_processor(tokenizer):
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    common = {
+        "size": {"shortest_edge": QWEN_MIN_PIXELS, "longest_edge": QWEN_MAX_PIXELS},
+        "patch_size": QWEN_PATCH_SIZE,
+        "temporal_patch_size": QWEN_TEMPORAL_PATCH,
+        "merge_size": QWEN_MERGE,
+    }
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**common),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**common),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+
+
+def build_qwen_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    vision_hidden: int = 64,
+    vision_layers: int = 32,
+    vision_heads: int = 2,
+    vision_intermediate: int = 128,
+    text_hidden: int = 128,
+    text_layers: int = 2,
+    text_heads: int = 2,
+    text_kv_heads: int = 1,
+    text_intermediate: int = 256,
+    dtype: str = "float32",
+) -> Path:
+    """Write a random-weight Qwen2.5-VL checkpoint into ``path`` (created if needed).
+
+    The real vision geometry (``vision_layers`` blocks with full attention in every 8th: 7, 15,
+    23, 31 at depth 32; windows of 112 px; 14 px patches; 2 x 2 merge; temporal patches of 2
+    frames; 2 tokens per second) with small widths; a Qwen2 LLM with M-RoPE. Tokenizer: the
+    project's local BPE plus Qwen's vision tokens; processors: ``Qwen2_5_VLProcessor`` with
+    ``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor`` sharing one pixel range. The same
+    arguments always give the same files. Weights are saved as transformers writes them (vLLM
+    0.32 maps that layout itself).
+    """
+    sizes = {
+        "seed": seed,
+        "vision_hidden": vision_hidden,
+        "vision_layers": vision_layers,
+        "vision_heads": vision_heads,
+        "vision_intermediate": vision_intermediate,
+        "text_hidden": text_hidden,
+        "text_layers": text_layers,
+        "text_heads": text_heads,
+        "text_kv_heads": text_kv_heads,
+        "text_intermediate": text_intermediate,
+        "dtype": dtype,
+    }
+    _validate_qwen(sizes)
+    with _BUILD_LOCK:
+        out = Path(path)
+        tokenizer = _make_tokenizer(QWEN_SPECIAL_TOKENS, QWEN_CHAT_TEMPLATE)
+        config = _make_qwen_config(tokenizer, sizes)
+        model = _make_model(config, seed, "Qwen2_5_VLForConditionalGeneration")
+        _save(out, model, _make_qwen_processor(tokenizer), tokenizer, dtype)
+        return out
+
+
+#: The keyword arguments of :func:`build_qwen_checkpoint` with their defaults.
+_QWEN_DEFAULT_ARGS: dict[str, Any] = {
+    p.name: p.default
+    for p in inspect.signature(build_qwen_checkpoint).parameters.values()
+    if p.kind is p.KEYWORD_ONLY
+}
+
+_QWEN = _Family(
+    name=QWEN_CHECKPOINT_NAME,
+    version=QWEN_BUILDER_VERSION,
+    tag="qwen2_5_vl",
+    build=lambda path, **sizes: build_qwen_checkpoint(path, **sizes),  # looked up per call
+    defaults=lambda: _QWEN_DEFAULT_ARGS,
+    validate=lambda sizes: _validate_qwen(sizes),
+)

@@ -84,3 +84,12 @@ def static_video(num_frames: int = 8, size: int = 384, seed: int = 0) -> np.ndar
     """One textured frame repeated ``num_frames`` times."""
     rng = np.random.default_rng(seed)
     return np.repeat(_texture(rng, size, size)[None], num_frames, axis=0)
+
+
+def with_metadata(frames: np.ndarray, fps: float = 2.0) -> tuple[np.ndarray, dict]:
+    """A video item for models whose vLLM processor needs the sampling metadata (Qwen2.5-VL:
+    ``video_needs_metadata``): ``(frames, metadata)``, every frame sampled at ``fps``."""
+    n = int(frames.shape[0])
+    return frames, {"fps": float(fps), "duration": n / float(fps), "total_num_frames": n,
+                    "frames_indices": list(range(n)), "video_backend": "opencv",
+                    "do_sample_frames": False}

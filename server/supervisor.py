@@ -32,7 +32,7 @@ from earlytom_server.settings import TINY_MODEL_NAME, Settings
 
 log = logging.getLogger("earlytom_server.supervisor")
 
-ARCHITECTURE = "EarlyTomLlavaOnevisionForConditionalGeneration"
+ARCHITECTURE = "EarlyTomLlavaOnevisionForConditionalGeneration"  # the default family
 MAX_START_FAILURES = 3
 
 CommandFactory = Callable[[int], Sequence[str]]
@@ -60,11 +60,47 @@ def resolve_model(settings: Settings) -> tuple[str, str]:
     return str(ensure_tiny_checkpoint()), settings.served_model_name or TINY_MODEL_NAME
 
 
-def hf_overrides(settings: Settings) -> dict[str, Any] | None:
+def checkpoint_config(model: str) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` (a local directory, or a hub name already in the local
+    Hugging Face cache); ``{}`` when it cannot be read without the network."""
+    path = Path(model).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+        except Exception:  # not a repo id, or no hub client: nothing to read
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else path
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def earlytom_architecture(model: str | None) -> str:
+    """The EarlyTom architecture serving ``model``: the one whose vLLM base class the
+    checkpoint's ``architectures`` names (Qwen2.5-VL or LLaVA-OneVision, which also serves
+    LLaVA-Video); LLaVA-OneVision when the config is unknown."""
+    from earlytom_vllm.vllm.plugin import BASE_ARCHITECTURES, QWEN2_5_VL_ARCHITECTURE
+
+    if not model:
+        return ARCHITECTURE
+    config = checkpoint_config(model)
+    named = set(config.get("architectures") or [])
+    for earlytom, base in BASE_ARCHITECTURES.items():
+        if base in named or earlytom in named:
+            return earlytom
+    if config.get("model_type") == "qwen2_5_vl":
+        return QWEN2_5_VL_ARCHITECTURE
+    return ARCHITECTURE
+
+
+def hf_overrides(settings: Settings, model: str | None = None) -> dict[str, Any] | None:
     if not settings.earlytom_arch:
         return None
     earlytom = {"max_frames": settings.num_frames, **settings.compression}
-    return {"architectures": [ARCHITECTURE], "earlytom": earlytom}
+    return {"architectures": [earlytom_architecture(model)], "earlytom": earlytom}
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -128,7 +164,7 @@ def build_vllm_command(
         json.dumps({"video": 1, "image": settings.max_images_per_prompt}),
         "--disable-uvicorn-access-log",
     ]
-    overrides = hf_overrides(settings)
+    overrides = hf_overrides(settings, model)
     if overrides is not None:
         cmd += ["--hf-overrides", json.dumps(overrides)]
     if settings.max_model_len is not None:

@@ -15,6 +15,7 @@ _EXPORTS = {
     "attention": ("attention_with_received", "pool_merge_units", "pool_received",
                   "received_attention"),
     "baselines": ("evs_select", "post_encoder_select"),
+    "positions": ("kept_grid_positions",),
     "encoder": ("EncoderRun", "VideoCompression", "VisionTower", "compress_video", "run_encoder"),
     "selection": ("dynamic_mask", "select_tokens"),
     "temporal": ("merge_frames", "segment_frames", "similarity_band", "stage1"),

@@ -23,6 +23,17 @@ def last_trace(model: Any) -> dict[str, Any]:
     return dict(getattr(model, "earlytom_last", {}) or {})
 
 
+def recent_traces(model: Any) -> list[dict[str, Any]]:
+    """The traces of the last few videos, oldest first (models that keep them: Qwen2.5-VL)."""
+    return [dict(t) for t in getattr(model, "earlytom_recent", ())]
+
+
+def last_positions(model: Any) -> list[list[int]] | None:
+    """The last prompt's M-RoPE positions ``[3][N]`` as the LLM used them (models that rewrite
+    positions through vLLM's pruning plumbing: Qwen2.5-VL), else None."""
+    return getattr(model, "earlytom_positions", None)
+
+
 def layer_frames(model: Any) -> dict[str, Any]:
     """Frames that entered each encoder layer, summed over all videos since start."""
     return {"videos": getattr(model, "earlytom_videos", 0),

@@ -12,15 +12,31 @@ from __future__ import annotations
 ARCHITECTURES = {
     "EarlyTomLlavaOnevisionForConditionalGeneration":
         "earlytom_vllm.vllm.llava_onevision:EarlyTomLlavaOnevisionForConditionalGeneration",
+    "EarlyTomQwen2_5_VLForConditionalGeneration":
+        "earlytom_vllm.vllm.qwen2_5_vl:EarlyTomQwen2_5_VLForConditionalGeneration",
 }
 #: The LLaVA-OneVision architecture (the default family).
 ARCHITECTURE = "EarlyTomLlavaOnevisionForConditionalGeneration"
 
 
+#: The Qwen2.5-VL architecture.
+QWEN2_5_VL_ARCHITECTURE = "EarlyTomQwen2_5_VLForConditionalGeneration"
+#: The vLLM architecture each EarlyTom architecture serves (what a checkpoint's config names).
+BASE_ARCHITECTURES = {
+    ARCHITECTURE: "LlavaOnevisionForConditionalGeneration",
+    QWEN2_5_VL_ARCHITECTURE: "Qwen2_5_VLForConditionalGeneration",
+}
+
+
 def register() -> None:
     from vllm import ModelRegistry
+
+    from earlytom_vllm.vllm.compat import install_pruning_hooks
 
     supported = ModelRegistry.get_supported_archs()
     for name, target in ARCHITECTURES.items():
         if name not in supported:
             ModelRegistry.register_model(name, target)
+    # vLLM 0.32's multimodal-pruning plumbing: its CPU-runner bug, and the opt-in the Qwen2.5-VL
+    # architecture needs (patched as the runner modules load; nothing heavy is imported here).
+    install_pruning_hooks()

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.processing import PromptReplacement
 
 from earlytom_vllm.config import (
     EarlyTomConfig,
@@ -31,6 +32,7 @@ from earlytom_vllm.config import (
     check_prune_layers,
     request_config,
 )
+from earlytom_vllm.metrics import VisualTokenCounters
 from earlytom_vllm.plan import VideoPlan
 
 KWARG = "earlytom"  # key in mm_processor_kwargs
@@ -168,6 +170,23 @@ def plan_of(out_mm_kwargs: Any, item_idx: int) -> VideoPlan | None:
     return VideoPlan.decode(item[PLAN_FIELD].data.tolist())
 
 
+def replace_video_placeholders(updates: Sequence[Any], out_mm_kwargs: Any,
+                               video_token_id: int) -> list[Any]:
+    """The family's prompt updates with the video one replaced: each video's placeholder becomes
+    ``plan.rows`` copies of ``video_token_id``, read back from the plan the model will obey.
+    Videos without a plan (given as embeddings) keep the stock updates."""
+    updates = list(updates)
+    videos = out_mm_kwargs.get("video", [])
+    if not videos or any(plan_of(out_mm_kwargs, i) is None for i in range(len(videos))):
+        return updates
+
+    def replacement(item_idx: int) -> list[int]:
+        return [video_token_id] * plan_of(out_mm_kwargs, item_idx).rows
+
+    return [*(u for u in updates if u.modality != "video"),
+            PromptReplacement(modality="video", target=[video_token_id], replacement=replacement)]
+
+
 def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
     """Model side: the ``(V, PLAN_WIDTH)`` int64 CPU tensor (or list of rows) -> one plan per
     video (one host copy of a CPU tensor: no device sync)."""
@@ -184,25 +203,15 @@ def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
 
 
 class _VideoCounters:
-    """``earlytom_visual_tokens_{before,after}_total{model, method}`` in the default registry.
-
-    Counted per request from the plans (after = the placeholder rows the model fills exactly;
-    before = ``frames * tokens_per_frame + extra rows``). A video served from vLLM's processor
-    cache arrives without its plan, so each plan's counts are remembered by item hash.
-    """
+    """The engine's visual-token counters (:mod:`earlytom_vllm.metrics`), counted per request
+    from the plans (after = the placeholder rows the model fills exactly; before = ``frames *
+    tokens_per_frame + extra rows``). A video served from vLLM's processor cache arrives without
+    its plan, so each plan's counts are remembered by item hash."""
 
     _REMEMBER = 4096
 
     def __init__(self) -> None:
-        from prometheus_client import Counter
-
-        labels = ["model", "method"]
-        self.before = Counter("earlytom_visual_tokens_before",
-                              "Video tokens the prompts would hold without compression "
-                              "(frames x tokens per frame, plus the model's extra rows).", labels)
-        self.after = Counter("earlytom_visual_tokens_after",
-                             "Video tokens in the prompts after compression (the placeholder "
-                             "rows fixed by the EarlyTom processor).", labels)
+        self.counters = VisualTokenCounters()
         self.known: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
 
     def remember(self, key: str | None, value: tuple[int, int, str]) -> None:
@@ -239,5 +248,4 @@ def count_videos(info: Any, result: Mapping[str, Any]) -> None:
         else:
             continue  # a video given as embeddings: nothing was compressed
         before, after, method = value
-        _COUNTERS.before.labels(model, method).inc(before)
-        _COUNTERS.after.labels(model, method).inc(after)
+        _COUNTERS.counters.add(model, method, before, after)

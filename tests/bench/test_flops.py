@@ -1,5 +1,10 @@
 """benchmarks/flops.py: the paper's published figures, the project's per-frame count, orderings,
-and that the committed results/flops.json is what a fresh run produces."""
+and that the committed results/flops.json is what a fresh run produces.
+
+Tests named ``test_fitted_*`` (marker ``fitted``) check values that were fitted to the
+implementation (the EarlyTom frame schedule that reproduces the paper's 36.5 / 32.2): they guard
+against drift and are not checks of correctness (``pytest -m "not fitted"`` leaves them out).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ def paper(method: str, r: float, part: str = "total") -> float:
 
 
 def ours(method: str, r: float, part: str = "total", model=OV7B, frames: int = 32) -> float:
-    sched = flops.scale_schedule(SCHED, frames)
+    sched = flops.scale_schedule(SCHED, frames // 2 if model.family == "qwen2_5_vl" else frames)
     entry = flops.count_correct(model, method, r, frames=frames, text_tokens=100, schedule=sched)
     return entry["tflops"][part]
 
@@ -58,9 +63,28 @@ def test_paper_post_encoder_10_percent_45_2():
     assert paper("post_encoder", 0.10) == pytest.approx(45.2, abs=0.05)
 
 
-def test_paper_earlytom_rows_with_default_schedule():
+@pytest.mark.fitted
+def test_fitted_default_schedule_reproduces_the_paper_earlytom_rows():
+    """FITTED, not a check of correctness: the default frame schedule (10:22,21:20,23:17) was
+    chosen so that the paper's convention gives its EarlyTom rows, 36.5 (25%) and 32.2 (10%).
+    This only guards the counting against drifting from that fit."""
     assert paper("earlytom", 0.25) == pytest.approx(36.5, abs=0.05)
     assert paper("earlytom", 0.10) == pytest.approx(32.2, abs=0.05)
+
+
+@pytest.mark.fitted
+def test_fitted_schedule_is_not_determined_by_the_paper_rows():
+    """FITTED: why the row above is no evidence for the schedule. Another schedule gives the same
+    two figures, and no merging at all does not (the rows do constrain the frame counts)."""
+    other = flops.parse_schedule("10:23,21:17,23:13")
+    none = flops.parse_schedule("10:32,21:32,23:32")
+
+    def total(r: float, sched) -> float:
+        return flops.count_paper(OV7B, "earlytom", r, frames=32, schedule=sched)["tflops"]["total"]
+
+    assert total(0.25, other) == pytest.approx(36.5, abs=0.05)
+    assert total(0.10, other) == pytest.approx(32.2, abs=0.05)
+    assert total(0.25, none) > 36.5 + 10
 
 
 def test_vision_per_frame_10_25():
@@ -68,9 +92,23 @@ def test_vision_per_frame_10_25():
     assert ours("full", 1.0, "encoder") == pytest.approx(10.25, abs=0.05)
 
 
-def test_checks_in_results_all_ok(results):
-    assert results["paper_checks"]
-    assert all(c["ok"] for c in results["paper_checks"]), results["paper_checks"]
+FITTED_CHECKS = {"earlytom"}  # paper_checks rows whose value comes from the fitted schedule
+
+
+def test_paper_checks_without_free_parameters_all_ok(results):
+    """The published figures that follow from the model's shapes and the paper's counting rule
+    alone (full tokens, vision encoder, post-encoder, HoliTom): nothing was tuned to get them."""
+    checks = [c for c in results["paper_checks"] if c["method"] not in FITTED_CHECKS]
+    assert len(checks) == 6
+    assert all(c["ok"] for c in checks), checks
+
+
+@pytest.mark.fitted
+def test_fitted_paper_checks_for_the_earlytom_rows_ok(results):
+    """FITTED (see test_fitted_default_schedule_reproduces_the_paper_earlytom_rows)."""
+    checks = [c for c in results["paper_checks"] if c["method"] in FITTED_CHECKS]
+    assert [c["ratio"] for c in checks] == ["0.25", "0.10"]
+    assert all(c["ok"] for c in checks), checks
 
 
 # -- this project's convention -------------------------------------------------------------------
@@ -97,7 +135,7 @@ def test_pruned_llm_tokens_come_from_the_budget():
 def test_monotone_in_ratio(key):
     model = flops.MODELS[key]
     t = model.frames
-    sched = flops.scale_schedule(SCHED, t)
+    sched = flops.scale_schedule(SCHED, model.units)  # schedules count Stage I frames (slices)
     for method in flops.CORRECT_METHODS:
         totals = [flops.count_correct(model, method, r, frames=t, text_tokens=100,
                                       schedule=sched)["tflops"]["total"] for r in RATIOS]
@@ -117,7 +155,7 @@ def test_earlytom_below_post_encoder_below_full(key):
         post = ours("post_encoder", r, model=model, frames=t)
         for method in ("earlytom", "earlytom_stage1_rule"):
             assert ours(method, r, model=model, frames=t) < post < full
-        sched = flops.scale_schedule(SCHED, t)
+        sched = flops.scale_schedule(SCHED, model.units)
 
         def pap(m, r=r, sched=sched):
             return flops.count_paper(model, m, r, frames=t, schedule=sched)["tflops"]["total"]
@@ -134,7 +172,7 @@ def test_all_methods_equal_at_ratio_one(key):
     correct = {m: flops.count_correct(model, m, 1.0, frames=t, text_tokens=100, schedule=sched)
                for m in flops.CORRECT_METHODS}
     assert len({json.dumps(e["tflops"], sort_keys=True) for e in correct.values()}) == 1
-    assert all(e["frames_out"] == t for e in correct.values())
+    assert all(e["frames_out"] == model.units for e in correct.values())
     pap = {m: flops.count_paper(model, m, 1.0, frames=t, schedule=sched)["tflops"]["total"]
            for m in flops.PAPER_METHODS}
     assert len(set(pap.values())) == 1

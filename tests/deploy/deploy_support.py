@@ -2,8 +2,8 @@
 Prometheus process, Grafana variable substitution, and a .dockerignore matcher.
 
 Prometheus and promtool are Debian's binaries (``scripts/install_prometheus.sh``). Without them the
-tests that need them are skipped locally and fail under CI (``CI`` set), so a CI machine that lost
-the install step cannot pass silently.
+tests that need them are skipped locally and fail under CI (``CI`` set; ``tests/ci_policy.py``), so a
+CI machine that lost the install step cannot pass silently.
 """
 
 from __future__ import annotations
@@ -52,9 +52,12 @@ FRONTEND_METRICS = {
     "earlytom_prompt_tokens_total": "counter",
     "earlytom_requests_total": "counter",
     "earlytom_requests_in_flight": "gauge",
+    "earlytom_backend_up": "gauge",
+}
+#: The engine's earlytom_* metrics (earlytom_vllm/metrics.py, on vLLM's /metrics: the vllm job).
+ENGINE_METRICS = {
     "earlytom_visual_tokens_before_total": "counter",
     "earlytom_visual_tokens_after_total": "counter",
-    "earlytom_backend_up": "gauge",
 }
 
 METRIC_TOKEN = re.compile(r"\b(earlytom_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
@@ -64,14 +67,12 @@ METRIC_TOKEN = re.compile(r"\b(earlytom_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
 # tools
 # ------------------------------------------------------------------------------------------------
 def require_binary(name: str) -> str:
-    """Path of ``name``; skip when missing (fail under CI: the install step must have run)."""
+    """Path of ``name``; skip when missing (a failure under CI, see tests/ci_policy.py: the
+    install step must have run)."""
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} not found: run scripts/install_prometheus.sh (Debian package 'prometheus')"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    pytest.skip(f"{name} not found: run scripts/install_prometheus.sh (Debian package 'prometheus')")
     raise AssertionError("unreachable")
 
 

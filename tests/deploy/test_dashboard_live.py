@@ -22,7 +22,6 @@ from deploy_support import (
     REPO,
     RULES_DIR,
     Prometheus,
-    finite_samples,
     free_port,
     label_values_as_promql,
     panel_targets,
@@ -183,21 +182,21 @@ def prom(server, tmp_path_factory):
         video = _mp4(tmp_path_factory.mktemp("video") / "clip.mp4")
         video_url = "data:video/mp4;base64," + base64.b64encode(video).decode()
         sent = 0
-        # two label sets (method earlytom / none), each requested several times with scrapes in
-        # between, so every labelled series has an increase inside the rate window
+        # two label sets (method earlytom / none), each requested several times, each request
+        # scraped (front end and engine) before the next is sent, so every labelled series has an
+        # increase inside the rate window whatever the machine's load
         for earlytom in (None, {"method": "none"}):
             for stream in (False, True, False):
                 _chat(server["url"], model, video_url, stream=stream, earlytom=earlytom)
                 sent += 1
-                time.sleep(1.5)
+                p.wait_for(f'sum(earlytom_requests_total{{status="200"}}) >= {sent}', timeout=60)
+                p.wait_for(f"sum(vllm:request_success_total) >= {sent}", timeout=60)
         # a rejected request, for the errors-by-status panel
         bad = httpx.post(f"{server['url']}/v1/chat/completions", timeout=60, json={
             "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": [
                 {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}]}]})
         assert 400 <= bad.status_code < 500, bad.text
-        p.wait_for(f'sum(earlytom_requests_total{{status="200"}}) >= {sent}', timeout=60)
-        p.wait_for(f"sum(vllm:request_success_total) >= {sent}", timeout=60)
-        time.sleep(3)  # a couple more scrapes
+        p.wait_for('sum(earlytom_requests_total{status!="200"}) >= 1', timeout=60)
         yield {"prometheus": p, "model": model}
 
 
@@ -221,8 +220,8 @@ def test_panel_query(prom, target):
     expr = substitute(target.expr, {"model": ".*", "instance": ".*"}, rate_interval=RATE_INTERVAL)
     result = p.query(expr)
     assert result["status"] == "success", f"{target.label}: {expr}\n{result}"
-    if target.panel in MUST_HAVE_DATA:
-        assert finite_samples(result), f"{target.label} returned no data: {expr}\n{result}"
+    if target.panel in MUST_HAVE_DATA:  # waits for the scrapes / rule runs it needs (or fails)
+        assert p.wait_for(expr, timeout=60), f"{target.label} returned no data: {expr}"
 
 
 def test_must_have_data_panels_exist():

@@ -12,6 +12,7 @@ import pytest
 from deploy_support import (
     DASHBOARD_PROVIDERS_DIR,
     DATASOURCES_DIR,
+    ENGINE_METRICS,
     FRONTEND_METRICS,
     METRIC_TOKEN,
     RULES_DIR,
@@ -195,6 +196,16 @@ def frontend_exposed() -> set[str]:
     return names
 
 
+def engine_exposed() -> set[str]:
+    from prometheus_client import CollectorRegistry
+
+    from earlytom_vllm.metrics import VisualTokenCounters
+
+    registry = CollectorRegistry()
+    VisualTokenCounters(registry)
+    return set().union(*(exposed_names(f.type, f.name) for f in registry.collect()))
+
+
 def shipped_exprs() -> list[tuple[str, str]]:
     exprs = [(t.label, t.expr) for t in panel_targets()]
     exprs += [(f"variable {n}", variable_query(v)) for n, v in template_variables().items()]
@@ -209,14 +220,19 @@ def test_frontend_contract_matches_server():
     exposed = frontend_exposed()
     for name, kind in FRONTEND_METRICS.items():
         assert exposed_names(kind, name) <= exposed, name
+    engine = engine_exposed()
+    for name, kind in ENGINE_METRICS.items():
+        assert exposed_names(kind, name) <= engine, name
+        assert not exposed_names(kind, name) & exposed, f"{name} is counted twice"
 
 
 def test_frontend_names_used_exist():
-    exposed = frontend_exposed()
+    exposed = frontend_exposed() | engine_exposed()
     for where, expr in shipped_exprs():
         for metric in METRIC_TOKEN.findall(expr):
             if metric.startswith("earlytom_"):
-                assert metric in exposed, f"{where}: {metric} is not exposed by earlytom-serve"
+                assert metric in exposed, f"{where}: {metric} is exposed by neither earlytom-serve " \
+                    "nor the EarlyTom processor"
 
 
 def test_vllm_names_used_exist():

@@ -51,6 +51,9 @@ class EngineStub:
         self.running = Gauge("vllm:num_requests_running", "r", labels, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "w", labels, registry=r)
         self.kv = Gauge("vllm:kv_cache_usage_perc", "k", labels, registry=r)
+        from earlytom_vllm.metrics import VisualTokenCounters
+
+        self.visual = VisualTokenCounters(r)  # the EarlyTom processor's, on vLLM's /metrics
 
     def tick(self, rng: random.Random) -> None:
         lv = (MODEL, "0")
@@ -75,9 +78,6 @@ def frontend_tick(metrics, rng: random.Random) -> None:
             metrics.requests.labels(MODEL, method, "500").inc()
         if rng.random() < 0.3:
             metrics.requests.labels(MODEL, method, "400").inc()
-        before = 196 * 32 + 1
-        metrics.visual_before.labels(MODEL, method).inc(before)
-        metrics.visual_after.labels(MODEL, method).inc(628 if method == "earlytom" else before)
     metrics.in_flight.labels(MODEL).set(rng.randint(0, 3))
     metrics.backend_up.labels("http://127.0.0.1:8001").set(1)
 
@@ -95,6 +95,9 @@ def prom(tmp_path_factory):
         while not stop.is_set():
             frontend_tick(front, rng)
             engine.tick(rng)
+            for method in METHODS:
+                before = 196 * 32 + 1
+                engine.visual.add(MODEL, method, before, 628 if method == "earlytom" else before)
             stop.wait(0.2)
 
     feeder = threading.Thread(target=feed, daemon=True)

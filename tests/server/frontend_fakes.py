@@ -6,11 +6,18 @@ The fake backend mimics what the front end uses of vLLM: ``/health``, ``/v1/mode
 
 - ``[reject]``  -> HTTP 400 in vLLM's error shape
 - ``[slow]``    -> a long stream, one chunk every 50 ms (records cancellation)
-- ``[medium]``  -> a stream of 39 chunks, one every 50 ms (~2 s)
-- ``[hold]``    -> like ``[slow]``, but waits 0.3 s before answering (for routing tests)
-- ``[sleep]``   -> non-streaming: the body comes after 10 s (records cancellation)
+- ``[gate]``    -> waits at ``app.state.gate`` (a :class:`Gate`) until the test lets it pass: a
+  non-streamed answer waits once, before it starts; a stream waits before its first content chunk
+  and again right after it. ``gate.waiting`` counts the requests waiting there, so a test can wait
+  for the state it needs (e.g. every request in flight at once) instead of hoping a sleep is long
+  enough.
+- ``[sleep]``   -> non-streaming: the body comes after 10 s (``sleeping`` counts the bodies that
+  started; records cancellation)
 - ``[die]``     -> the connection breaks after the first content chunk (or mid-body)
 - ``[exit]``    -> the whole process exits after the first chunk (subprocess mode only)
+- ``[badjson]`` -> HTTP 200 whose body (or, streamed, one event) is not JSON
+- ``[html500]`` -> HTTP 500 with an HTML page as the body
+- ``[medium]``  -> a stream of 39 chunks, one every 50 ms (~2 s)
 - ``[sse-error]`` -> streaming: one chunk, then vLLM's error event (code 400) and ``[DONE]``
 - ``[pydantic]`` -> HTTP 400 with vLLM 0.32's raw validation-error message (a pydantic dump)
 
@@ -37,6 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 PROMPT_TOKENS = 42
+GATE_TIMEOUT = 60.0  # a request at a gate the test never opens goes on after this
 
 
 def _last_text(body: dict[str, Any]) -> str:
@@ -61,6 +69,8 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
     app.state.healthy = True
     app.state.active = 0
     app.state.max_active = 0
+    app.state.gate = Gate()
+    app.state.sleeping = 0  # [sleep] bodies that started
 
     @app.get("/health")
     async def health() -> Any:
@@ -94,8 +104,9 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
             return JSONResponse({"error": {"message": "rejected by the fake backend",
                                            "type": "BadRequestError", "param": "messages",
                                            "code": 400}}, status_code=400)
-        if "[hold]" in text:
-            await asyncio.sleep(0.3)
+        if "[html500]" in text:
+            return PlainTextResponse("<html><body><h1>500 Internal Server Error</h1></body></html>",
+                                     status_code=500, media_type="text/html")
         rid = f"chatcmpl-{len(app.state.received)}"
         created = int(time.time())
         n_out = len(words)
@@ -103,8 +114,14 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
                  "total_tokens": PROMPT_TOKENS + n_out}
 
         if not body.get("stream"):
+            if "[gate]" in text:
+                await app.state.gate.wait()
+            if "[badjson]" in text:
+                return PlainTextResponse('{"id": "' + rid + '", "choices": [', status_code=200,
+                                         media_type="application/json")
             if "[sleep]" in text:  # a long non-streamed generation (records cancellation)
                 async def sleepy() -> Any:
+                    app.state.sleeping += 1
                     try:
                         await asyncio.sleep(10)
                         yield json.dumps({"id": rid, "choices": []}).encode()
@@ -126,7 +143,7 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
             }
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        slow = "[slow]" in text or "[hold]" in text or "[medium]" in text
+        slow = "[slow]" in text or "[medium]" in text
         pieces = list(words) * (200 if "[slow]" in text else 13 if "[medium]" in text else 1)
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -144,7 +161,13 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
                 for i, piece in enumerate(pieces):
                     if slow:
                         await asyncio.sleep(0.05)
+                    if i == 0 and "[gate]" in text:
+                        await app.state.gate.wait()
                     yield chunk({"content": piece})
+                    if i == 0 and "[gate]" in text:
+                        await app.state.gate.wait()
+                    if i == 0 and "[badjson]" in text:
+                        yield b"data: {this is not json\n\n"
                     if i == 0 and "[sse-error]" in text:
                         err = {"error": {"object": "error", "message": "the engine refused",
                                          "type": "BadRequestError", "param": None, "code": 400}}
@@ -172,6 +195,46 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
+
+
+class Gate:
+    """Where ``[gate]`` requests wait: ``let(n)`` lets n waits pass, ``open()`` all from now on.
+    A wait the test never releases goes on after ``GATE_TIMEOUT`` (a failing test must not hang
+    the run)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = False
+        self._passes = 0
+        self.waiting = 0  # requests waiting now
+        self.passed = 0  # waits that ended
+
+    def open(self) -> None:
+        with self._lock:
+            self._open = True
+
+    def let(self, n: int = 1) -> None:
+        with self._lock:
+            self._passes += n
+
+    def _try_pass(self) -> bool:
+        with self._lock:
+            if self._open:
+                return True
+            if self._passes:
+                self._passes -= 1
+                return True
+            return False
+
+    async def wait(self) -> None:
+        self.waiting += 1
+        try:
+            deadline = time.monotonic() + GATE_TIMEOUT
+            while not self._try_pass() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            self.waiting -= 1
+            self.passed += 1
 
 
 class ServerThread:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from frontend_fakes import PROMPT_TOKENS, jpeg_bytes, png_bytes, video_message
+from frontend_fakes import PROMPT_TOKENS, jpeg_bytes, png_bytes, video_message, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -493,26 +492,34 @@ def test_each_app_has_its_own_registry(make_front, fake_backend):
     assert key not in mb.get("earlytom_requests_total", {})
 
 
-def test_ttft_measured_at_first_content_chunk(client):
-    r = client.post("/v1/chat/completions", json={
-        "model": "fake-model", "stream": True,
-        "messages": [{"role": "user", "content": "[hold]"}]})  # 0.3 s, then 50 ms per chunk
-    assert sse_events(r.text)[-1] == "[DONE]"
-    m = metrics(client)
+def test_ttft_measured_at_first_content_chunk(client, fake_backend):
+    """The backend holds the stream (at its gate) after the role-only chunk and again after the
+    first content chunk: TTFT is observed exactly when the first CONTENT chunk is relayed, while
+    the request is still in flight, and the duration only when the stream ends."""
     et = (("method", "earlytom"), ("model", "fake-model"))
-    ttft = m["earlytom_time_to_first_token_seconds_sum"][et]
-    duration = m["earlytom_request_duration_seconds_sum"][et]
-    assert 0.3 <= ttft < duration
-    assert duration - ttft >= 0.1
+    gate = fake_backend.app.state.gate
 
+    def observed(name: str) -> float:
+        return metrics(client).get(name, {}).get(et, 0.0)
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+    with client.stream("POST", "/v1/chat/completions", json={
+            "model": "fake-model", "stream": True,
+            "messages": [{"role": "user", "content": "[gate]"}]}) as r:
+        events = (json.loads(line[6:]) for line in r.iter_lines()
+                  if line.startswith("data: {"))
+        assert next(events)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert wait_for(lambda: gate.waiting == 1)  # held before any content
+        assert observed("earlytom_time_to_first_token_seconds_count") == 0
+        gate.let(1)
+        assert next(events)["choices"][0]["delta"] == {"content": "Hello"}
+        assert wait_for(lambda: gate.waiting == 1)  # held again, mid-stream
+        assert observed("earlytom_time_to_first_token_seconds_count") == 1
+        assert observed("earlytom_request_duration_seconds_count") == 0
+        gate.open()
+        assert [e["choices"][0]["delta"].get("content") for e in events][:2] == [" world", "!"]
+    assert observed("earlytom_request_duration_seconds_count") == 1
+    ttft = observed("earlytom_time_to_first_token_seconds_sum")
+    assert 0 < ttft < observed("earlytom_request_duration_seconds_sum")
 
 
 def test_fastapi_validation_errors_use_the_openai_shape(front):

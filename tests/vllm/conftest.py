@@ -39,11 +39,11 @@ def run_engine(tiny_checkpoint, tmp_path_factory):
     """Run requests in a separate engine process; returns the runner's JSON results."""
 
     def run(requests, *, hf_overrides=None, tensor_parallel_size=1, trace=False,
-            max_model_len=8192):
+            max_model_len=8192, model=None, engine_kwargs=None):
         d = tmp_path_factory.mktemp("engine")
-        job = {"model": str(tiny_checkpoint), "hf_overrides": hf_overrides, "requests": requests,
-               "tensor_parallel_size": tensor_parallel_size, "trace": trace,
-               "max_model_len": max_model_len}
+        job = {"model": str(model or tiny_checkpoint), "hf_overrides": hf_overrides,
+               "requests": requests, "tensor_parallel_size": tensor_parallel_size,
+               "trace": trace, "max_model_len": max_model_len, "engine_kwargs": engine_kwargs}
         (d / "job.json").write_text(json.dumps(job))
         # apply_model ships a function to the workers: pickle is needed across processes.
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
