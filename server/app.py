@@ -555,7 +555,7 @@ class FrontEnd:
             response, backend = await self.unless_disconnected(
                 request, self._send(labels.model, content, stream=req.stream), deadline)
             if response.status_code != 200:
-                status, resp = self._error_from_backend(response)
+                status, resp = self._error_from_backend(response, client_fields=req.earlytom)
                 return resp
             if req.stream:
                 handed_off = True
@@ -655,11 +655,24 @@ class FrontEnd:
                 backend.in_flight -= 1
             return response, backend
 
-    def _error_from_backend(self, response: Any) -> tuple[int, JSONResponse]:
+    def _error_from_backend(self, response: Any, *, client_fields: dict[str, Any] | None = None
+                            ) -> tuple[int, JSONResponse]:
+        """The backend's error in the front end's shape. ``client_fields``: the request's
+        top-level ``earlytom`` object, which travelled as ``mm_processor_kwargs.earlytom``: a
+        ``param`` naming one of its keys is given back under the name the client sent."""
         status = response.status_code
         if status == 500 or status < 400:
             status = 502
         body = normalize_error_body(status, response.content)
+        err = body["error"]
+        prefix = "mm_processor_kwargs.earlytom."
+        param = err.get("param")
+        if client_fields and isinstance(param, str) and param.startswith(prefix) and \
+                param[len(prefix):].split(".")[0].split("[")[0] in client_fields:
+            renamed = "earlytom." + param[len(prefix):]
+            err["param"] = renamed
+            if err["message"].startswith(param):
+                err["message"] = renamed + err["message"][len(param):]
         return status, JSONResponse(body, status_code=status)
 
     def _count_success(self, labels: Labels, usage: Any) -> None:
