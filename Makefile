@@ -1,7 +1,8 @@
 # The README's two set-up commands:
 #   make serve   install everything into .venv, then serve the embedded tiny checkpoint
 #   make test    install everything (venv, Prometheus for the deploy tests), then run the tests
-.PHONY: serve test test-fast test-engine lint bench-flops bench-overhead bench-ttft bench-throughput \
+.PHONY: serve test test-fast test-engine lint audit fuzz-long bench-flops bench-overhead bench-ttft \
+        bench-throughput bench-load \
         demo venv prometheus clean
 
 PY := .venv/bin/python
@@ -40,6 +41,18 @@ bench-overhead: venv
 
 bench-ttft: venv
 	$(PY) -m benchmarks.ttft
+
+# Known vulnerabilities of the installed environment (needs the PyPI JSON API or OSV; --strict
+# fails when a package could not be checked, so no network means a red build, not a green one).
+audit: venv
+	$(PY) -m pip_audit --strict --progress-spinner off
+
+# The fuzzers of tests/server/test_frontend_fuzz.py at 1000 examples per property (~2.5 min).
+fuzz-long: venv
+	FUZZ_EXAMPLES=1000 $(PY) -m pytest -q tests/server/test_frontend_fuzz.py
+
+bench-load: venv
+	$(PY) -m benchmarks.load
 
 bench-throughput: venv
 	$(PY) -m benchmarks.throughput
