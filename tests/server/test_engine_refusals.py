@@ -122,9 +122,6 @@ def test_the_deepest_valid_prune_layer_is_served(engine):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the front end forwards top-level 'earlytom' as mm_processor_kwargs.earlytom and relays "
-    "vLLM's param unchanged, so the client sees a field it did not send"))
 def test_engine_refusal_names_the_field_as_the_client_sent_it(engine):
     r = post(engine, video_content(data_url(engine.video)),
              earlytom={"prune_layers": [DEPTH + 4]})
