@@ -550,16 +550,12 @@ class FrontEnd:
                 upstream["stream_options"] = {**client_opts, "include_usage": True}
                 strip_usage = not client_opts.get("include_usage")
             content = encode_upstream(upstream)
-            # The engine names our settings as it received them (mm_processor_kwargs.earlytom);
-            # a client that sent the top-level "earlytom" field reads them back under that name.
-            sent_as = "earlytom" if req.earlytom is not None and req.mm_processor_kwargs is None \
-                else None
             del body, prepared, upstream  # the encoded bytes are all that is forwarded
             forwarded = True
             response, backend = await self.unless_disconnected(
                 request, self._send(labels.model, content, stream=req.stream), deadline)
             if response.status_code != 200:
-                status, resp = self._error_from_backend(response, sent_as)
+                status, resp = self._error_from_backend(response, client_fields=req.earlytom)
                 return resp
             if req.stream:
                 handed_off = True
@@ -659,19 +655,24 @@ class FrontEnd:
                 backend.in_flight -= 1
             return response, backend
 
-    def _error_from_backend(self, response: Any, sent_as: str | None = None
+    def _error_from_backend(self, response: Any, *, client_fields: dict[str, Any] | None = None
                             ) -> tuple[int, JSONResponse]:
+        """The backend's error in the front end's shape. ``client_fields``: the request's
+        top-level ``earlytom`` object, which travelled as ``mm_processor_kwargs.earlytom``: a
+        ``param`` naming one of its keys is given back under the name the client sent."""
         status = response.status_code
         if status == 500 or status < 400:
             status = 502
         body = normalize_error_body(status, response.content)
-        error = body.get("error")
-        forwarded = "mm_processor_kwargs.earlytom"
-        if sent_as and isinstance(error, dict) and isinstance(error.get("param"), str) \
-                and error["param"].startswith(forwarded):
-            error["param"] = sent_as + error["param"][len(forwarded):]
-            if isinstance(error.get("message"), str):
-                error["message"] = error["message"].replace(forwarded, sent_as)
+        err = body["error"]
+        prefix = "mm_processor_kwargs.earlytom."
+        param = err.get("param")
+        if client_fields and isinstance(param, str) and param.startswith(prefix) and \
+                param[len(prefix):].split(".")[0].split("[")[0] in client_fields:
+            renamed = "earlytom." + param[len(prefix):]
+            err["param"] = renamed
+            if err["message"].startswith(param):
+                err["message"] = renamed + err["message"][len(param):]
         return status, JSONResponse(body, status_code=status)
 
     def _count_success(self, labels: Labels, usage: Any) -> None:

@@ -19,6 +19,7 @@ The fake backend mimics what the front end uses of vLLM: ``/health``, ``/v1/mode
 - ``[html500]`` -> HTTP 500 with an HTML page as the body
 - ``[medium]``  -> a stream of 39 chunks, one every 50 ms (~2 s)
 - ``[sse-error]`` -> streaming: one chunk, then vLLM's error event (code 400) and ``[DONE]``
+- ``[param]``   -> HTTP 400 naming ``mm_processor_kwargs.earlytom.tau`` (as the processor does)
 - ``[pydantic]`` -> HTTP 400 with vLLM 0.32's raw validation-error message (a pydantic dump)
 
 ``app.state.headers`` keeps each chat request's headers (lower-cased names), in order.
@@ -93,6 +94,11 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
         app.state.received.append(body)
         app.state.headers.append(dict(request.headers))
         text = _last_text(body)
+        if "[param]" in text:
+            return JSONResponse({"error": {"message": "tau is out of range", "param":
+                                           "mm_processor_kwargs.earlytom.tau",
+                                           "type": "BadRequestError", "code": 400}},
+                                status_code=400)
         if "[pydantic]" in text:
             message = ("1 validation error:\n  {'type': 'int_parsing', 'loc': ('body', 'top_k'), "
                        "'msg': 'Input should be a valid integer, unable to parse string as an "

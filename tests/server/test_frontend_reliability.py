@@ -346,6 +346,15 @@ def test_relayed_vllm_validation_error_is_rewritten(client):
     assert err["type"] == "invalid_request_error" and err["code"] == "invalid_value"
 
 
+def test_relayed_param_names_the_field_the_client_sent(client):
+    err = assert_openai_error(client.post(CHAT, json=ok_body("[param]",
+                                                             earlytom={"tau": 0.5})), 400)
+    assert err["param"] == "earlytom.tau"
+    err = assert_openai_error(client.post(CHAT, json=ok_body(
+        "[param]", mm_processor_kwargs={"earlytom": {"tau": 0.5}})), 400)
+    assert err["param"] == "mm_processor_kwargs.earlytom.tau"
+
+
 def test_relayed_sse_error_event_is_rewritten(client):
     r = client.post(CHAT, json=ok_body("[sse-error]", stream=True),
                     headers={"x-request-id": "sse-1"})
