@@ -98,5 +98,8 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=15m --retries=3 \
 
 # The base image's entrypoint is `vllm serve`; replace it. Extra CLI flags can be passed as the
 # container command, e.g. `docker run ... earlytom-vllm:0.1.0 --backend http://node2:8001`.
+# SIGTERM (docker stop) drains: new requests get 503, answers in flight finish within
+# EARLYTOM_DRAIN_GRACE (30 s), then vLLM is stopped. Give it the time: `docker stop -t 60`.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["earlytom-serve"]
 CMD []

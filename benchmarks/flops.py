@@ -1,4 +1,4 @@
-"""Prefill FLOPs of LLaVA-OneVision video requests, full and compressed: exact arithmetic, no model.
+"""Prefill FLOPs of LLaVA-OneVision and Qwen2.5-VL video requests, full and compressed: exact arithmetic, no model.
 
 Run ``python -m benchmarks.flops`` (or ``python benchmarks/flops.py``) from the repository root. It
 prints, per model, one table with both conventions side by side, writes everything to
@@ -82,6 +82,25 @@ nothing is compressed):
       Segments then close on max_window rather than on tau, so each 5-frame segment loses one
       or two frames at each prune layer.
 
+Qwen2.5-VL-7B (``qwen2.5-vl-7b``; vision 32 blocks x 1280, 16 heads, SwiGLU 3420, patch 14,
+temporal patch 2, merge 2, 112-px windows, full attention in blocks 7/15/23/31, merger to 3584;
+LLM Qwen2.5-7B, 28 x 3584, 28 heads, 4 KV heads, SwiGLU 18944). Stage I's frame is a slice (2
+frames); ``--frames`` counts video frames, schedules count slices.
+    * this project: per slice; in a windowed block attention is summed over the 112-px windows
+      (``QwenVisionConfig.window_sizes``: 4x4 merge units, partial at the edges), in a full block
+      over the whole slice; 3-D patch embed, merger ``4w -> 4w -> D`` per LLM token; LLM tokens
+      ``t*(h/2)(w/2)`` full, ``video_token_budget(t, r, (h/2)(w/2))`` pruned (no newline).
+      Default schedule ``7:22,15:20,23:17`` (prune layers 7/15/23, the LLaVA-OV frame fractions),
+      scaled by slices / 32.
+    * paper convention: every block as ONE sequence of all slices' patches, no windows.
+    * setting: the paper does not state frames or resolution. 64 frames x 644^2 (32 slices x
+      46x46 patches, 16,928 LLM tokens) is the nearest square setting to 554.7 (554.996, +0.05%);
+      no setting gives 554.7 exactly (``qwen_paper_setting_search``). The paper's 67.7 at 15%
+      cannot be reproduced in its own convention at any setting (blocks 0..7 on all 32 slices
+      alone are 102.2); it is close to this project's per-slice post-encoder count (64.0), so the
+      paper's Qwen rows evidently count the encoder differently. ``results/flops.json`` carries
+      both under ``qwen2_5_vl_paper``.
+
 Model configurations (LLM from the Qwen2 ``config.json`` of each size; SigLIP so400m for all):
 LLaVA-OneVision 0.5B / 7B / 72B, and LLaVA-Video-7B (Qwen2-7B, the same LLM and encoder as
 OV-7B) whose own usage samples 64 frames (the model card's example uses
@@ -105,7 +124,13 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import RESULTS, pooled_side, synthetic_hidden_states
+from benchmarks.harness import (  # noqa: F401  (evs_*: re-exported for the FLOPs tables)
+    RESULTS,
+    evs_rate_for_budget,
+    evs_tokens,
+    pooled_side,
+    synthetic_hidden_states,
+)
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
     merge_frames,
@@ -169,18 +194,87 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class QwenVisionConfig:
+    """Qwen2.5-VL's vision tower (``Qwen2_5_VisionTransformer``) for one video geometry.
+
+    ``image_h`` x ``image_w`` are the frame size after the processor's resize (multiples of 28);
+    a *slice* is ``temporal_patch`` frames; every slice is ``grid_h x grid_w`` patches."""
+
+    name: str = "Qwen2.5-VL ViT (32 blocks, windowed)"
+    width: int = 1280
+    layers: int = 32
+    heads: int = 16
+    mlp: int = 3420  # SwiGLU intermediate
+    patch: int = 14
+    temporal_patch: int = 2
+    merge: int = 2
+    window: int = 112  # px: 8x8 patches = 4x4 merge units
+    full_attention_blocks: tuple[int, ...] = (7, 15, 23, 31)
+    out_hidden: int = 3584  # merger output (the LLM width)
+    image_h: int = 644
+    image_w: int = 644
+    channels: int = 3
+
+    @property
+    def grid_h(self) -> int:
+        return self.image_h // self.patch
+
+    @property
+    def grid_w(self) -> int:
+        return self.image_w // self.patch
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Patches per slice (what one vision block sees per slice)."""
+        return self.grid_h * self.grid_w
+
+    @property
+    def pooled_tokens_per_frame(self) -> int:
+        """LLM tokens per slice after the 2x2 merger: ``(h/2)(w/2)``."""
+        return (self.grid_h // self.merge) * (self.grid_w // self.merge)
+
+    def window_sizes(self) -> list[int]:
+        """Patches in each attention window of one slice (vLLM's ``get_window_index``: windows
+        of ``window/patch/merge`` merge units a side over the merge grid, the last row/column of
+        windows partial when the grid does not divide)."""
+        units = self.window // self.patch // self.merge  # 4 merge units a side
+        mh, mw = self.grid_h // self.merge, self.grid_w // self.merge
+        rows = [min(units, mh - i) for i in range(0, mh, units)]
+        cols = [min(units, mw - j) for j in range(0, mw, units)]
+        return [rh * cw * self.merge * self.merge for rh in rows for cw in cols]
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     key: str
     label: str
     llm: LLMConfig
     frames: int = REFERENCE_FRAMES
-    vision: VisionConfig = VisionConfig()
+    vision: VisionConfig | QwenVisionConfig = VisionConfig()
+
+    @property
+    def family(self) -> str:
+        return "qwen2_5_vl" if isinstance(self.vision, QwenVisionConfig) else "llava_onevision"
+
+    @property
+    def units(self) -> int:
+        """Frames for Stage I: video frames (LLaVA-OV) or temporal slices (Qwen2.5-VL)."""
+        if isinstance(self.vision, QwenVisionConfig):
+            return self.frames // self.vision.temporal_patch
+        return self.frames
 
 
 SIGLIP = VisionConfig()
 QWEN2_05B = LLMConfig("Qwen2-0.5B", hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864)
 QWEN2_7B = LLMConfig("Qwen2-7B", hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944)
 QWEN2_72B = LLMConfig("Qwen2-72B", hidden=8192, layers=80, heads=64, kv_heads=8, intermediate=29568)
+QWEN25_7B = LLMConfig("Qwen2.5-7B", hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944)
+QWEN25VL_VISION = QwenVisionConfig()
+# Qwen2.5-VL-7B is counted at 64 frames x 644^2 (32 slices x 46x46 patches, 529 LLM tokens per
+# slice, 16,928 in all): the setting closest to the paper's 554.7 TFLOPs (see the docstring).
+QWEN25VL_FRAMES = 64
+QWEN_DEFAULT_SCHEDULE = "7:22,15:20,23:17"  # stated for 32 slices; prune layers (7, 15, 23)
+QWEN_PRUNE_LAYERS = (7, 15, 23)
 
 MODELS: dict[str, ModelConfig] = {
     m.key: m
@@ -189,6 +283,8 @@ MODELS: dict[str, ModelConfig] = {
         ModelConfig("llava-ov-0.5b", "LLaVA-OneVision-0.5B", QWEN2_05B),
         ModelConfig("llava-ov-72b", "LLaVA-OneVision-72B", QWEN2_72B),
         ModelConfig("llava-video-7b", "LLaVA-Video-7B", QWEN2_7B, frames=64),
+        ModelConfig("qwen2.5-vl-7b", "Qwen2.5-VL-7B", QWEN25_7B, frames=QWEN25VL_FRAMES,
+                    vision=QWEN25VL_VISION),
     )
 }
 
@@ -223,6 +319,27 @@ def patch_embed_macs(frames: int, v: VisionConfig) -> int:
 
 def projector_macs(frames: int, v: VisionConfig, hidden: int) -> int:
     return frames * v.tokens_per_frame * (v.width * hidden + hidden * hidden)
+
+
+def qwen_patch_embed_macs(slices: int, v: QwenVisionConfig) -> int:
+    """The 3-D conv (2 x 14 x 14 x 3 -> width) over every patch of every slice."""
+    kernel = v.channels * v.temporal_patch * v.patch * v.patch
+    return slices * v.tokens_per_frame * kernel * v.width
+
+
+def qwen_block_macs(v: QwenVisionConfig, block: int) -> int:
+    """One Qwen2.5-VL vision block over ONE slice: q/k/v/o ``4 n w^2``; attention ``2 s^2 w``
+    summed over the attention sequences (the whole slice in a full-attention block, each 112-px
+    window otherwise); SwiGLU MLP ``3 n w m``."""
+    n = v.tokens_per_frame
+    seqs = [n] if block in v.full_attention_blocks else v.window_sizes()
+    return 4 * n * v.width ** 2 + 2 * sum(s * s for s in seqs) * v.width + 3 * n * v.width * v.mlp
+
+
+def qwen_merger_macs(slices: int, v: QwenVisionConfig) -> int:
+    """The patch merger: per LLM token, Linear(4w -> 4w), GELU, Linear(4w -> D)."""
+    hidden = v.width * v.merge * v.merge
+    return slices * v.pooled_tokens_per_frame * (hidden * hidden + hidden * v.out_hidden)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,6 +463,9 @@ def _entry(*, visual: int, text: int, frames: list[int], schedule: Schedule | No
 def count_correct(model: ModelConfig, method: str, r: float, *, frames: int, text_tokens: int,
                   schedule: Schedule, causal: bool = False, per_mac: int = 1) -> dict[str, Any]:
     """This project's convention (see the module docstring)."""
+    if model.family == "qwen2_5_vl":
+        return _count_correct_qwen(model, method, r, frames=frames, text_tokens=text_tokens,
+                                   schedule=schedule, causal=causal, per_mac=per_mac)
     v, llm = model.vision, model.llm
     compresses = r < 1.0
     per_frame = v.pooled_tokens_per_frame
@@ -379,6 +499,9 @@ def count_correct(model: ModelConfig, method: str, r: float, *, frames: int, tex
 def count_paper(model: ModelConfig, method: str, r: float, *, frames: int, schedule: Schedule,
                 per_mac: int = 1) -> dict[str, Any]:
     """The paper's convention (see the module docstring)."""
+    if model.family == "qwen2_5_vl":
+        return _count_paper_qwen(model, method, r, frames=frames, schedule=schedule,
+                                 per_mac=per_mac)
     v, llm = model.vision, model.llm
     compresses = r < 1.0
     used_schedule: Schedule | None = None
@@ -407,6 +530,142 @@ def count_paper(model: ModelConfig, method: str, r: float, *, frames: int, sched
         llm_macs = llm.layers * paper_layer_macs(visual, llm.hidden, llm.intermediate)
     return _entry(visual=visual, text=0, frames=counts, schedule=used_schedule,
                   parts={"encoder": encoder, "llm": llm_macs}, per_mac=per_mac)
+
+
+def _qwen_slices(model: ModelConfig, frames: int) -> int:
+    v = model.vision
+    assert isinstance(v, QwenVisionConfig)
+    if frames % v.temporal_patch:
+        raise ValueError(f"Qwen2.5-VL needs an even frame count (temporal patch "
+                         f"{v.temporal_patch}), got {frames}")
+    return frames // v.temporal_patch
+
+
+def _count_correct_qwen(model: ModelConfig, method: str, r: float, *, frames: int,
+                        text_tokens: int, schedule: Schedule, causal: bool,
+                        per_mac: int) -> dict[str, Any]:
+    """Qwen2.5-VL, this project's convention: per slice, windowed attention, SwiGLU, GQA."""
+    v, llm = model.vision, model.llm
+    assert isinstance(v, QwenVisionConfig)
+    t = _qwen_slices(model, frames)
+    compresses = r < 1.0
+    per_slice = v.pooled_tokens_per_frame
+    budget = video_token_budget(t, r, per_slice)
+    min_frames = min_frames_for_budget(budget, per_slice)
+    used_schedule: Schedule | None = None
+    if method in ("full", "post_encoder") or not compresses:
+        counts = [t] * (v.layers + 1)
+    elif method == "earlytom":
+        used_schedule = schedule
+    elif method == "earlytom_stage1_rule":
+        used_schedule = stage1_rule_schedule(t, min_frames, EarlyTomConfig(
+            prune_layers=QWEN_PRUNE_LAYERS))
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    if used_schedule is not None:
+        counts = frames_per_layer(t, used_schedule, v.layers, min_frames)
+    visual = t * per_slice if method == "full" or not compresses else budget  # no newline
+    parts = {
+        "patch_embed": qwen_patch_embed_macs(t, v),
+        "encoder": sum(counts[i] * qwen_block_macs(v, i) for i in range(v.layers)),
+        "projector": qwen_merger_macs(counts[-1], v),
+        "llm": llm.layers * llm_layer_macs(visual + text_tokens, llm, causal=causal),
+    }
+    return _entry(visual=visual, text=text_tokens, frames=counts, schedule=used_schedule,
+                  parts=parts, per_mac=per_mac)
+
+
+def _count_paper_qwen(model: ModelConfig, method: str, r: float, *, frames: int,
+                      schedule: Schedule, per_mac: int) -> dict[str, Any]:
+    """Qwen2.5-VL, the paper's convention: every vision block as ONE sequence of all slices'
+    patches (no windows), ``4nd^2 + 2n^2 d + 2ndm`` everywhere, LLM visual tokens only."""
+    v, llm = model.vision, model.llm
+    assert isinstance(v, QwenVisionConfig)
+    t = _qwen_slices(model, frames)
+    compresses = r < 1.0
+    used_schedule: Schedule | None = None
+    llm_merge = False
+    if method in ("full", "post_encoder") or not compresses:
+        counts = [t] * (v.layers + 1)
+    elif method == "holitom":
+        counts = [t] * (v.layers + 1)
+        llm_merge = True
+    elif method in ("earlytom", "earlytom_no_llm_merge"):
+        used_schedule = schedule
+        budget = video_token_budget(t, r, v.pooled_tokens_per_frame)
+        counts = frames_per_layer(t, schedule, v.layers,
+                                  min_frames_for_budget(budget, v.pooled_tokens_per_frame))
+        llm_merge = method == "earlytom"
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    visual = t * v.pooled_tokens_per_frame if method == "full" or not compresses else \
+        paper_visual_tokens(t, r, v.pooled_tokens_per_frame)
+    encoder = sum(paper_layer_macs(f * v.tokens_per_frame, v.width, v.mlp) for f in counts[:-1])
+    if llm_merge and llm.layers > LLM_MERGE_LAYER:
+        llm_macs = (LLM_MERGE_LAYER * paper_layer_macs(visual, llm.hidden, llm.intermediate)
+                    + (llm.layers - LLM_MERGE_LAYER)
+                    * paper_layer_macs(visual // 2, llm.hidden, llm.intermediate))
+    else:
+        llm_macs = llm.layers * paper_layer_macs(visual, llm.hidden, llm.intermediate)
+    return _entry(visual=visual, text=0, frames=counts, schedule=used_schedule,
+                  parts={"encoder": encoder, "llm": llm_macs}, per_mac=per_mac)
+
+
+QWEN_PAPER_FULL = 554.7  # Qwen2.5-VL-7B full tokens, paper's count (docs/method.md section 7)
+QWEN_PAPER_EARLYTOM_15 = 67.7
+
+
+def qwen_paper_setting_search(target: float = QWEN_PAPER_FULL, *, max_frames: int = 256,
+                              max_grid: int = 80, top: int = 5) -> list[dict[str, Any]]:
+    """Frames x resolution (even frame counts, square frames, multiples of 28 px) ranked by how
+    close the paper-convention full-token count comes to ``target`` TFLOPs."""
+    v, llm = QWEN25VL_VISION, QWEN25_7B
+    rows = []
+    for frames in range(2, max_frames + 1, 2):
+        t = frames // 2
+        for g in range(2, max_grid + 1, 2):
+            n, tok = t * g * g, t * (g // 2) ** 2
+            total = (v.layers * paper_layer_macs(n, v.width, v.mlp)
+                     + llm.layers * paper_layer_macs(tok, llm.hidden, llm.intermediate)) / TFLOP
+            rows.append({"frames": frames, "resolution": g * v.patch, "llm_tokens": tok,
+                         "tflops": round(total, 3), "off": round(total - target, 3)})
+    rows.sort(key=lambda x: abs(x["off"]))
+    return rows[:top]
+
+
+def qwen_paper_figures(models: dict[str, Any]) -> dict[str, Any]:
+    """The paper's two Qwen2.5-VL-7B figures next to what both conventions give at the chosen
+    setting, and why the 15% row cannot be reproduced under the paper's own layer formula."""
+    m = models["qwen2.5-vl-7b"]
+    v = QWEN25VL_VISION
+    t = m["frames"] // v.temporal_patch
+    full_p = (m["paper"]["full"]["1.00"]["tflops"]["total"] if "1.00" in m["paper"]["full"]
+              else None)
+    # Blocks 0..7 run on every slice before the first prune layer can merge anything.
+    floor_first = (QWEN_PRUNE_LAYERS[0] + 1) * paper_layer_macs(
+        t * v.tokens_per_frame, v.width, v.mlp) / TFLOP
+    return {
+        "setting": {"frames": m["frames"], "resolution": f"{v.image_h}x{v.image_w}",
+                    "slices": t, "patches_per_slice": v.tokens_per_frame,
+                    "llm_tokens_per_slice": v.pooled_tokens_per_frame,
+                    "llm_tokens": t * v.pooled_tokens_per_frame},
+        "full_published": QWEN_PAPER_FULL,
+        "full_paper_convention": full_p,
+        "nearest_settings": qwen_paper_setting_search(),
+        "earlytom_15_published": QWEN_PAPER_EARLYTOM_15,
+        "earlytom_15": {conv: {meth: m[conv][meth]["0.15"]["tflops"]["total"]
+                               for meth in m[conv] if "0.15" in m[conv][meth]}
+                        for conv in ("paper", "correct")},
+        "paper_convention_floor_before_first_prune": round(floor_first, 3),
+        "note": "No frames x resolution gives exactly 554.7 under the paper's convention "
+                "(vision as one sequence of all slices' patches); the nearest, 64 frames at "
+                "644x644 (32 slices x 46x46 patches, 16,928 LLM tokens), gives "
+                f"{full_p}. 67.7 at 15% is not reachable under that convention at any such "
+                "setting: blocks 0..7 alone (all slices, before the first full-attention prune "
+                f"layer) cost {floor_first:.1f}. The paper's Qwen2.5-VL rows therefore count the "
+                "encoder differently from its LLaVA-OV rows (not published); this project's "
+                "per-slice, windowed count is the one to quote.",
+    }
 
 
 # Published figures (LLaVA-OV-7B, 32 frames; docs/method.md section 6) and how each is reproduced.
@@ -440,7 +699,13 @@ def build_results(*, ratios: Sequence[float] = DEFAULT_RATIOS,
     models: dict[str, Any] = {}
     for key, model in MODELS.items():
         t = frames or model.frames
-        sched = base_schedule if schedule is not None else scale_schedule(base_schedule, t)
+        if model.family == "qwen2_5_vl":  # schedules count slices; its own default layers
+            qwen_base = base_schedule if schedule is not None else \
+                parse_schedule(QWEN_DEFAULT_SCHEDULE)
+            sched = qwen_base if schedule is not None else \
+                scale_schedule(qwen_base, t // model.vision.temporal_patch)
+        else:
+            sched = base_schedule if schedule is not None else scale_schedule(base_schedule, t)
         correct = {
             m: {ratio_key(r): count_correct(model, m, r, frames=t, text_tokens=text_tokens,
                                             schedule=sched, causal=causal, per_mac=per_mac)
@@ -454,6 +719,7 @@ def build_results(*, ratios: Sequence[float] = DEFAULT_RATIOS,
         }
         models[key] = {
             "label": model.label,
+            "family": model.family,
             "frames": t,
             "llm": {"name": model.llm.name, "hidden": model.llm.hidden,
                     "layers": model.llm.layers, "heads": model.llm.heads,
@@ -519,6 +785,7 @@ def build_results(*, ratios: Sequence[float] = DEFAULT_RATIOS,
         },
         "models": models,
         "paper_checks": checks,
+        "qwen2_5_vl_paper": qwen_paper_figures(models),
     }
 
 
@@ -586,7 +853,26 @@ def format_checks(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_qwen_paper(results: dict[str, Any]) -> str:
+    q = results["qwen2_5_vl_paper"]
+    st = q["setting"]
+    lines = [f"Published Qwen2.5-VL-7B figures (paper convention; setting {st['frames']} frames x "
+             f"{st['resolution']} = {st['slices']} slices x {st['llm_tokens_per_slice']} tokens):",
+             f"  full tokens: computed {q['full_paper_convention']}   published "
+             f"{q['full_published']}",
+             f"  EarlyTom 15%: paper convention {q['earlytom_15'].get('paper', {})}",
+             f"                this project     {q['earlytom_15'].get('correct', {})}",
+             f"                published {q['earlytom_15_published']}; paper-convention floor "
+             f"(blocks 0..7 on all slices) {q['paper_convention_floor_before_first_prune']}",
+             "  nearest settings to 554.7: " + "; ".join(
+                 f"{x['frames']}f x {x['resolution']}^2 {x['tflops']}"
+                 for x in q["nearest_settings"])]
+    return "\n".join(lines)
+
+
 def write_plot(results: dict[str, Any], path: Path, key: str = "llava-ov-7b") -> None:
+    """One figure per model key: ``path`` for LLaVA-OV-7B, ``<stem>_qwen2_5_vl.png`` for
+    Qwen2.5-VL-7B (see :func:`write_plots`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -595,7 +881,7 @@ def write_plot(results: dict[str, Any], path: Path, key: str = "llava-ov-7b") ->
     m = results["models"][key]
     ratios = results["settings"]["ratios"]
     panels = (
-        ("this project: per frame, GQA, SwiGLU, text", m["correct"],
+        ("this project: per frame (slice), windows, GQA, SwiGLU, text", m["correct"],
          (("full", "full"), ("post_encoder", "post-encoder"), ("earlytom", "EarlyTom"),
           ("earlytom_stage1_rule", "EarlyTom (Stage I rule)"))),
         ("paper convention", m["paper"],
@@ -679,10 +965,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n\n".join(format_table(results, k, paper_only=args.paper_convention) for k in keys))
     print()
     print(format_checks(results))
+    if "1.00" in results["settings"]["ratios"] and "0.15" in results["settings"]["ratios"]:
+        print()
+        print(format_qwen_paper(results))
     if not args.no_write:
         write_json(results, args.json)
         write_plot(results, args.plot)
-        print(f"\nwrote {args.json} and {args.plot}")
+        qwen_plot = args.plot.with_name(args.plot.stem + "_qwen2_5_vl" + args.plot.suffix)
+        write_plot(results, qwen_plot, key="qwen2.5-vl-7b")
+        print(f"\nwrote {args.json}, {args.plot} and {qwen_plot}")
     return 0
 
 

@@ -122,6 +122,24 @@ def expected_rows(method: str, ratio: float | None, frames: int, per_frame: int)
 # Synthetic videos
 
 
+def evs_tokens(total: int, tokens_per_frame: int, q: float) -> int:
+    """vLLM 0.32 EVS's kept count (``video_prune/evs.py``): ``max(tokens_per_frame,
+    int(total * (1 - q)))``."""
+    return max(tokens_per_frame, int(total * (1 - q)))
+
+
+def evs_rate_for_budget(total: int, tokens_per_frame: int, budget: int) -> float:
+    """The ``--video-pruning-rate`` q whose EVS count is closest to ``budget`` (ties: the count
+    at or above it). q is printed to 6 decimals, so the search runs on that grid."""
+    if budget >= total:
+        return 0.0
+    q = round(1 - budget / total, 6)
+    best = min((round(q + k * 1e-6, 6) for k in range(-3, 4) if 0 <= q + k * 1e-6 < 1),
+               key=lambda x: (abs(evs_tokens(total, tokens_per_frame, x) - budget),
+                              evs_tokens(total, tokens_per_frame, x) < budget))
+    return best
+
+
 def synthetic_video(kind: str, frames: int, *, size: int = 384, seed: int = 0,
                     num_scenes: int = 3):
     """RGB uint8 ``[frames, size, size, 3]`` from :mod:`earlytom_vllm.synthetic`: ``scene``

@@ -5,6 +5,9 @@ Used by the Dockerfile's HEALTHCHECK and the compose healthcheck. Standard libra
 base image has python3 but its curl is not guaranteed). The port comes from ``EARLYTOM_PORT``
 (default 8000); ``EARLYTOM_HEALTH_URL`` overrides the whole URL. ``EARLYTOM_API_KEY``, when set, is
 sent as a bearer token in case the front end guards every route.
+
+``EARLYTOM_HEALTH_TIMEOUT`` and ``EARLYTOM_HEALTH_URL`` are this probe's own (not server settings;
+the server's timeout for its backends' health checks is ``EARLYTOM_BACKEND_HEALTH_TIMEOUT``).
 """
 
 from __future__ import annotations

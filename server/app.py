@@ -28,11 +28,14 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from earlytom_server.errors import APIError, error_body, normalize_error_body
+from earlytom_server.admission import Admission, Overloaded, Ticket
+from earlytom_server.errors import REQUEST_ID, APIError, error_body, normalize_error_body
+from earlytom_server.guard import RequestGuard
 from earlytom_server.media import MediaError, MediaPolicy, MediaProcessor, PreparedVideo
 from earlytom_server.metrics import CONTENT_TYPE, Metrics
 from earlytom_server.proxy import (
@@ -44,15 +47,27 @@ from earlytom_server.proxy import (
     backend_error,
     relay_sse,
 )
-from earlytom_server.schemas import REJECTED_FIELDS, ChatCompletionRequest
+from earlytom_server.schemas import (
+    REJECTED_FIELDS,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+)
 from earlytom_server.settings import Settings
 from earlytom_server.supervisor import BackendSupervisor, CommandFactory
-from earlytom_vllm import EarlyTomConfig
+from earlytom_vllm import EarlyTomConfig, __version__
 from earlytom_vllm.config import EarlyTomConfigError, request_config
 
 log = logging.getLogger("earlytom_server.app")
 
 CHAT_PATH = "/v1/chat/completions"
+
+#: Deepest nesting of objects/arrays a request body may have (vLLM's own requests nest < 10).
+MAX_JSON_DEPTH = 64
+#: Most JSON objects, arrays and items (commas) a request body may have. A base64 video is one
+#: string, so this only bounds bodies built to blow up when parsed (``[{},{},...]`` turns 100 MiB
+#: into ~2 GiB of Python objects); counted only for bodies that could exceed it.
+MAX_JSON_ITEMS = 200_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,6 +110,110 @@ def validation_error(errors: Sequence[dict[str, Any]], *, drop_prefix: int = 0) 
                     code="invalid_value")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` nests objects/arrays deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_json_body(raw: bytes | bytearray) -> dict[str, Any]:
+    """The request body as a JSON object, or an APIError naming what is wrong with it. Refuses
+    what a standard JSON parser accepts but the rest of the path cannot carry: NaN/Infinity,
+    numbers that overflow a double, nesting deeper than MAX_JSON_DEPTH, more than MAX_JSON_ITEMS
+    containers/items."""
+    if not raw.strip():
+        raise APIError(400, "empty request body: a JSON object is expected",
+                       code="invalid_json")
+    if len(raw) > MAX_JSON_ITEMS and (
+            raw.count(b"{") + raw.count(b"[") + raw.count(b",")) > MAX_JSON_ITEMS:
+        raise APIError(400, f"the request body has more than {MAX_JSON_ITEMS} JSON objects, "
+                       "arrays or items", code="invalid_json")
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise APIError(400, f"the request body nests objects/arrays deeper than "
+                       f"{MAX_JSON_DEPTH} levels", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit, ...
+        raise APIError(400, f"malformed JSON in the request body: {exc}",
+                       code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    if json_depth_exceeds(body, MAX_JSON_DEPTH):
+        raise APIError(400, f"the request body nests objects/arrays deeper than "
+                       f"{MAX_JSON_DEPTH} levels", code="invalid_json")
+    return body
+
+
+def first_lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The parameter path of the first string holding a lone UTF-16 surrogate (``"\\ud800"``
+    parses, but cannot be encoded as UTF-8 to forward)."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or None
+        elif isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def encode_upstream(body: dict[str, Any]) -> bytes:
+    """The body to forward, as UTF-8 JSON (one encode; the front end sends these bytes)."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        param = first_lone_surrogate(body)
+        raise APIError(400, f"{param + ': ' if param else ''}the text contains a lone UTF-16 "
+                       "surrogate (an unpaired \\ud800-\\udfff escape), which is not valid "
+                       "Unicode", param=param, code="invalid_value") from None
+
+
+def strip_client_uuids(messages: list[dict[str, Any]]) -> int:
+    """Remove client-supplied multimodal ``uuid``s from content parts, in place; how many.
+
+    vLLM uses a part's ``uuid`` as the multimodal cache key when given (and then trusts it over
+    the content), so a client that knows or guesses another client's uuid could plant or read
+    that client's cached video features. Without it vLLM hashes the content itself."""
+    removed = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and "uuid" in part:
+                    del part["uuid"]
+                    removed += 1
+    return removed
+
+
 @dataclass
 class Labels:
     model: str = "unknown"
@@ -116,18 +235,25 @@ class ClientGone(Exception):
 
 
 class RelayResponse(StreamingResponse):
-    """A streaming response with a cleanup hook that always runs (shielded from cancellation)."""
+    """A streaming response with a cleanup hook that always runs (shielded from cancellation),
+    and the admission tickets it releases when it is over."""
 
-    def __init__(self, content: AsyncIterator[bytes], *, on_close: Any, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncIterator[bytes], *, on_close: Any,
+                 tickets: list[Ticket] | None = None, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
+        self.tickets: list[Ticket] = tickets if tickets is not None else []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._on_close()
+                try:
+                    await self._on_close()
+                finally:
+                    for ticket in self.tickets:
+                        ticket.release()
 
 
 class FrontEnd:
@@ -147,7 +273,7 @@ class FrontEnd:
             settings.backends,
             metrics=self.metrics,
             health_interval=settings.health_interval,
-            health_timeout=settings.health_timeout,
+            health_timeout=settings.backend_health_timeout,
             request_timeout=settings.request_timeout,
             api_key=(settings.backend_api_key.get_secret_value()
                      if settings.backend_api_key else None),
@@ -159,6 +285,12 @@ class FrontEnd:
                                                 command_factory=command_factory,
                                                 env=supervisor_env)
         self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.admission = Admission(
+            max_in_flight=settings.max_in_flight, max_queued=settings.max_queued,
+            queue_timeout=settings.queue_timeout, max_bytes=settings.buffered_bytes_limit)
+        self.active_requests = 0  # HTTP requests inside the app (the request guard counts)
+        self.draining = False  # SIGTERM seen: new requests get 503
+        self.closing = False  # the drain's grace is over: streams end now
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -187,32 +319,54 @@ class FrontEnd:
                            code="invalid_api_key", headers={"www-authenticate": "Bearer"})
 
     # -- parsing ----------------------------------------------------------------------------------
-    async def read_json(self, request: Request) -> dict[str, Any]:
-        limit = self.settings.request_body_limit
+    def declared_length(self, request: Request) -> int | None:
+        """The request's Content-Length (413 beyond the body limit; 400 if not a number)."""
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared is None:
+            return None
+        if not declared.isascii() or not declared.strip().isdigit():
+            raise APIError(400, "invalid Content-Length header", code="invalid_request",
+                           headers={"connection": "close"})
+        length = int(declared)
+        limit = self.settings.request_body_limit
+        if length > limit:
             raise APIError(413, f"request body larger than {limit} bytes",
-                           code="request_too_large")
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise APIError(413, f"request body larger than {limit} bytes",
-                               code="request_too_large")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw.strip():
-            raise APIError(400, "empty request body: a JSON object is expected",
-                           code="invalid_json")
+                           code="request_too_large", headers={"connection": "close"})
+        return length
+
+    async def read_json(self, request: Request, *, declared: int | None,
+                        deadline: float | None = None) -> dict[str, Any]:
+        """Read the body (within the body limit, ``body_timeout`` and what is left of the
+        request's time cap) and parse it."""
+        limit = self.settings.request_body_limit
+
+        async def read() -> bytearray:
+            # one buffer, sized up front when the length is declared (no regrowth copies)
+            buf = bytearray(declared) if declared else bytearray()
+            size = 0
+            async for chunk in request.stream():
+                end = size + len(chunk)
+                if end > limit:
+                    raise APIError(413, f"request body larger than {limit} bytes",
+                                   code="request_too_large", headers={"connection": "close"})
+                if end <= len(buf):
+                    buf[size:end] = chunk
+                else:
+                    del buf[size:]
+                    buf += chunk
+                size = end
+            del buf[size:]
+            return buf
+
+        timeout = self.settings.body_timeout
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"malformed JSON in the request body: {exc}",
-                           code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-        return body
+            raw = await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {timeout:g} s",
+                           code="request_timeout", headers={"connection": "close"}) from None
+        return parse_json_body(raw)
 
     def parse_earlytom(self, req: ChatCompletionRequest, body: dict[str, Any]
                        ) -> tuple[dict[str, Any], bool, EarlyTomConfig]:
@@ -240,6 +394,9 @@ class FrontEnd:
             cfg = request_config(self.default_cfg, overrides)
         except EarlyTomConfigError as exc:
             raise APIError(400, f"invalid earlytom setting: {exc}", param=exc.field,
+                           code="invalid_value") from None
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. a number past float range
+            raise APIError(400, f"invalid earlytom setting: {exc}", param="earlytom",
                            code="invalid_value") from None
         return overrides, frames_as_video, cfg
 
@@ -308,16 +465,55 @@ class FrontEnd:
                         if not m["content"]:
                             m["content"] = ""
         except MediaError as exc:
+            # The traceback holds the frames that decoded the media (and the body): raised from
+            # a worker thread it is also in a reference cycle through anyio's frames, which would
+            # keep them until a full gc pass. Drop it: the error is the client's, not a bug.
+            exc.__traceback__ = None
             raise APIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
         return Prepared(body={**body, "messages": messages}, frames=frames)
 
     # -- the chat route ---------------------------------------------------------------------------
+    def _refuse(self, labels: Labels, exc: APIError) -> Response:
+        self.metrics.requests.labels(labels.model, labels.method, str(exc.status)).inc()
+        return exc.response()
+
     async def chat(self, request: Request) -> Response:
         t0 = time.perf_counter()
+        deadline = time.monotonic() + self.settings.max_request_seconds
         labels = Labels(method=self.default_cfg.effective_method)
         try:
             self.check_auth(request)
-            body = await self.read_json(request)
+            declared = self.declared_length(request)
+        except APIError as exc:
+            return self._refuse(labels, exc)
+        # A slot and room for the body BEFORE the body is read (see admission.py).
+        weight = declared if declared is not None else self.settings.request_body_limit
+        self.metrics.queued.inc()
+        try:
+            ticket = await self.admission.acquire(weight)
+        except Overloaded as exc:
+            self.metrics.rejected.labels(exc.reason).inc()
+            return self._refuse(labels, APIError(
+                429, exc.message, code="server_busy",
+                headers={"retry-after": str(self.settings.retry_after),
+                         "connection": "close"}))
+        finally:
+            self.metrics.queued.dec()
+        streaming = False
+        try:
+            response = await self._chat(request, t0, deadline, labels, declared)
+            streaming = isinstance(response, RelayResponse)
+            if streaming:
+                response.tickets.append(ticket)
+            return response
+        finally:
+            if not streaming:
+                ticket.release()
+
+    async def _chat(self, request: Request, t0: float, deadline: float, labels: Labels,
+                    declared: int | None) -> Response:
+        try:
+            body = await self.read_json(request, declared=declared, deadline=deadline)
             labels.model = self._label_model(body.get("model"))
             try:
                 req = ChatCompletionRequest.model_validate(body)
@@ -330,8 +526,7 @@ class FrontEnd:
             overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
             labels.method = cfg.effective_method
         except APIError as exc:
-            self.metrics.requests.labels(labels.model, labels.method, str(exc.status)).inc()
-            return exc.response()
+            return self._refuse(labels, exc)
 
         in_flight = self.metrics.in_flight.labels(labels.model)
         in_flight.inc()
@@ -340,33 +535,38 @@ class FrontEnd:
         status = 500
         try:
             prepared = await self.unless_disconnected(
-                request, self.prepare(body, frames_as_video=frames_as_video))
-            upstream = dict(prepared.body)
+                request, self.prepare(body, frames_as_video=frames_as_video), deadline)
+            upstream = prepared.body
             upstream.pop("earlytom", None)
             upstream.pop("mm_processor_kwargs", None)
+            upstream.pop("request_id", None)  # vLLM's id comes from X-Request-Id
+            strip_client_uuids(upstream["messages"])
             if overrides:
                 upstream["mm_processor_kwargs"] = {"earlytom": overrides}
             upstream["model"] = labels.model
-            forwarded = True
+            strip_usage = False
             if req.stream:
                 client_opts = body.get("stream_options") or {}
                 upstream["stream_options"] = {**client_opts, "include_usage": True}
                 strip_usage = not client_opts.get("include_usage")
-                response, backend = await self.unless_disconnected(
-                    request, self._send(labels.model, upstream, stream=True))
-                if response.status_code != 200:
-                    status, resp = self._error_from_backend(response)
-                    return resp
-                handed_off = True
-                return self._stream(response, backend, labels, t0, strip_usage)
+            content = encode_upstream(upstream)
+            # The engine names our settings as it received them (mm_processor_kwargs.earlytom);
+            # a client that sent the top-level "earlytom" field reads them back under that name.
+            sent_as = "earlytom" if req.earlytom is not None and req.mm_processor_kwargs is None \
+                else None
+            del body, prepared, upstream  # the encoded bytes are all that is forwarded
+            forwarded = True
             response, backend = await self.unless_disconnected(
-                request, self._send(labels.model, upstream, stream=False))
+                request, self._send(labels.model, content, stream=req.stream), deadline)
             if response.status_code != 200:
-                status, resp = self._error_from_backend(response)
+                status, resp = self._error_from_backend(response, sent_as)
                 return resp
+            if req.stream:
+                handed_off = True
+                return self._stream(response, backend, labels, t0, strip_usage, deadline)
             try:
                 data = response.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise APIError(502, "the backend returned invalid JSON",
                                code="backend_error") from None
             elapsed = time.perf_counter() - t0
@@ -392,9 +592,10 @@ class FrontEnd:
                     self.metrics.duration.labels(labels.model, labels.method).observe(
                         time.perf_counter() - t0)
 
-    async def unless_disconnected(self, request: Request, work: Any) -> Any:
-        """Await ``work`` unless the client disconnects first: then cancel it (closing any
-        upstream connection, which makes vLLM abort the request) and raise ClientGone."""
+    async def unless_disconnected(self, request: Request, work: Any, deadline: float) -> Any:
+        """Await ``work`` unless the client disconnects first (then cancel it, closing any
+        upstream connection, which makes vLLM abort the request, and raise ClientGone) or the
+        request's time cap passes first (cancel it, HTTP 504)."""
         task = asyncio.ensure_future(work)
 
         async def disconnected() -> None:
@@ -403,7 +604,8 @@ class FrontEnd:
 
         watcher = asyncio.ensure_future(disconnected())
         try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=max(0.0, deadline - time.monotonic()))
         except BaseException:
             task.cancel()
             raise
@@ -412,13 +614,23 @@ class FrontEnd:
             with contextlib.suppress(BaseException):
                 await watcher
         if task.done():
-            return task.result()
+            try:
+                return task.result()
+            finally:
+                # break task -> exception -> traceback -> this frame -> task: that cycle would
+                # keep the request's body and decoded media alive until a full gc pass
+                task = watcher = None
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-        raise ClientGone
+        gone = watcher.done() and not watcher.cancelled() and watcher.exception() is None
+        task = watcher = None
+        if gone:
+            raise ClientGone
+        raise APIError(504, f"the request took longer than max_request_seconds "
+                       f"({self.settings.max_request_seconds:g} s)", code="request_timeout")
 
-    async def _send(self, model: str, body: dict[str, Any], *, stream: bool
+    async def _send(self, model: str, content: bytes, *, stream: bool
                     ) -> tuple[Any, Backend]:
         """Send to the least busy ready backend; retry elsewhere if it cannot be reached.
         A streamed 200 response stays open and keeps the backend's in-flight count."""
@@ -434,7 +646,8 @@ class FrontEnd:
             tried.add(id(backend))
             backend.in_flight += 1
             try:
-                response = await self.pool.send(backend, CHAT_PATH, body, stream=stream)
+                response = await self.pool.send(backend, CHAT_PATH, content, stream=stream,
+                                                request_id=REQUEST_ID.get())
             except BackendUnavailable as exc:
                 backend.in_flight -= 1
                 last = exc
@@ -446,11 +659,19 @@ class FrontEnd:
                 backend.in_flight -= 1
             return response, backend
 
-    def _error_from_backend(self, response: Any) -> tuple[int, JSONResponse]:
+    def _error_from_backend(self, response: Any, sent_as: str | None = None
+                            ) -> tuple[int, JSONResponse]:
         status = response.status_code
         if status == 500 or status < 400:
             status = 502
         body = normalize_error_body(status, response.content)
+        error = body.get("error")
+        forwarded = "mm_processor_kwargs.earlytom"
+        if sent_as and isinstance(error, dict) and isinstance(error.get("param"), str) \
+                and error["param"].startswith(forwarded):
+            error["param"] = sent_as + error["param"][len(forwarded):]
+            if isinstance(error.get("message"), str):
+                error["message"] = error["message"].replace(forwarded, sent_as)
         return status, JSONResponse(body, status_code=status)
 
     def _count_success(self, labels: Labels, usage: Any) -> None:
@@ -464,12 +685,15 @@ class FrontEnd:
                 m.output_tokens.labels(labels.model, labels.method).inc(completion)
 
     def _stream(self, response: Any, backend: Backend, labels: Labels, t0: float,
-                strip_usage: bool) -> StreamingResponse:
+                strip_usage: bool, deadline: float) -> RelayResponse:
         state = StreamState()
         metrics = self.metrics
         pool = self.pool
         outcome = {"status": 499}  # until the relay finishes: the client went away
         closed = False
+        recorded = False
+        tickets: list[Ticket] = []
+        front = self
 
         async def events() -> AsyncIterator[bytes]:
             observed = False
@@ -479,7 +703,26 @@ class FrontEnd:
                         observed = True
                         metrics.ttft.labels(labels.model, labels.method).observe(
                             state.first_content_at - t0)
+                    if state.done:  # the last event: settle the books before the client sees it
+                        settle()
+                        yield event
+                        return
                     yield event
+                    cut = None
+                    if front.closing:
+                        cut = APIError(503, "the server is shutting down and its grace period "
+                                       "is over; the answer is incomplete",
+                                       code="server_draining")
+                    elif time.monotonic() > deadline:
+                        cut = APIError(504, "the request took longer than max_request_seconds "
+                                       f"({front.settings.max_request_seconds:g} s); the answer "
+                                       "is incomplete", code="request_timeout")
+                    if cut is not None:
+                        outcome["status"] = cut.status
+                        log.warning("stream cut: %s", cut.message)
+                        yield cut.sse()
+                        yield b"data: [DONE]\n\n"
+                        return
             except BackendFailed as exc:
                 if not exc.timeout:
                     pool.report_failure(backend, str(exc))
@@ -489,11 +732,29 @@ class FrontEnd:
                 yield err.sse()
                 yield b"data: [DONE]\n\n"
                 return
+            settle()  # the backend ended with an error event (no [DONE])
+
+        def settle() -> None:
             if state.error_status is not None:
                 outcome["status"] = state.error_status
             else:
                 outcome["status"] = 200
                 self._count_success(labels, state.usage)
+            record()
+
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            # The slot is free once the answer is complete, before the client can see [DONE]
+            # and send its next request (which must not meet a 429 from this one).
+            for ticket in tickets:
+                ticket.release()
+            metrics.in_flight.labels(labels.model).dec()
+            metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
+            metrics.duration.labels(labels.model, labels.method).observe(
+                time.perf_counter() - t0)
 
         async def close() -> None:
             # Runs once the response is over, however it ended (also if the client disconnected
@@ -504,13 +765,10 @@ class FrontEnd:
             closed = True
             await response.aclose()
             backend.in_flight -= 1
-            metrics.in_flight.labels(labels.model).dec()
-            metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
-            metrics.duration.labels(labels.model, labels.method).observe(
-                time.perf_counter() - t0)
+            record()
 
         return RelayResponse(
-            events(), on_close=close, media_type="text/event-stream",
+            events(), on_close=close, tickets=tickets, media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
@@ -551,6 +809,31 @@ class FrontEnd:
         return JSONResponse({"object": "list", "data": self.pool.models()})
 
 
+#: The chat route reads its body itself (streamed, capped, parsed strictly); its schema is
+#: declared here so that FastAPI publishes it (and the fuzzer can generate from it).
+CHAT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+    },
+}
+_ERROR = {"model": ErrorResponse}
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ChatCompletionResponse,
+          "content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "The completion (JSON), or server-sent events with stream: true"},
+    **{code: {**_ERROR, "description": why} for code, why in (
+        (400, "invalid request"), (401, "missing or wrong API key"),
+        (403, "a media URL that may not be fetched"), (404, "unknown model or media file"),
+        (408, "the body did not arrive in time"), (413, "body or media too large"),
+        (429, "at capacity: retry after Retry-After seconds"),
+        (431, "too many or too large headers"), (499, "the client went away"),
+        (502, "the backend failed"), (503, "no backend ready, or draining"),
+        (504, "backend or request time limit"))},
+}
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -571,10 +854,25 @@ def create_app(
         finally:
             await front.shutdown()
 
-    app = FastAPI(title="earlytom-vllm", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    # The schema is built either way (tests fuzz the API from it); it is served only when asked.
+    app = FastAPI(title="earlytom-vllm", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  openapi_url="/openapi.json" if settings.expose_openapi else None)
     app.state.front = front
     app.state.settings = settings
+    app.add_middleware(RequestGuard, state=lambda: front)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=__version__, routes=app.routes)
+            request_schema = ChatCompletionRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["ChatCompletionRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -592,13 +890,9 @@ def create_app(
         return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(500, "internal error (details in the server log)"),
-                            status_code=500)
+    # Unexpected exceptions are the request guard's: a normal 500 that keeps the connection.
 
-    @app.post(CHAT_PATH)
+    @app.post(CHAT_PATH, openapi_extra=CHAT_OPENAPI, responses=CHAT_RESPONSES)
     async def chat_completions(request: Request) -> Response:
         return await front.chat(request)
 

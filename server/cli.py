@@ -4,7 +4,8 @@
     earlytom-serve --model /path/to/llava-onevision-qwen2-7b-ov-hf --retain-ratio 0.15
     earlytom-serve --backend http://gpu1:8000 --backend http://gpu2:8000 --host 0.0.0.0
 
-Every flag has an ``EARLYTOM_*`` environment variable (see ``--help``); flags win.
+The flags are generated from ``Settings`` (one per field, ``--help`` shows each one's environment
+variable and default); flags win over the environment.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import contextlib
 import json
 import logging
 import shlex
-import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from earlytom_server.settings import DEFAULT_HOME, Settings
 
@@ -29,87 +30,100 @@ log = logging.getLogger("earlytom_server.cli")
 EXAMPLE_VIDEO = "earlytom-example.mp4"
 
 
+#: The first field of each section of ``Settings`` -> the --help group it opens.
+SECTIONS = {
+    "host": "listening",
+    "api_key": "auth",
+    "max_in_flight": "limits of a public endpoint",
+    "backends": "backends",
+    "model": "the spawned vLLM backend",
+    "compression": "compression defaults (EarlyTomConfig; per request: \"earlytom\")",
+    "num_frames": "media",
+}
+
+#: Shortcuts into ``compression`` (not settings of their own).
+COMPRESSION_SHORTCUTS = ("retain_ratio", "method", "no_compression")
+
+
+def env_name(name: str) -> str:
+    return f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def flag_names(name: str, field: FieldInfo) -> list[str]:
+    """The flags of a setting: ``--x-y`` for field ``x_y`` (or the field's ``flag``), then its
+    ``aliases``."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    primary = str(extra.get("flag") or "--" + name.replace("_", "-"))
+    return [primary, *(str(a) for a in extra.get("aliases", ()))]
+
+
+def _default_text(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+        return "none" if not value else json.dumps(value)
+    if field.default is None:
+        return "unset"
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    return str(field.default)
+
+
+class _Negate(argparse.Action):
+    """``--quiet-backend``-style alias: stores False."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.pop("type", None)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None
+                 ) -> None:
+        setattr(namespace, self.dest, False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    S = argparse.SUPPRESS
+    """One flag per ``Settings`` field, generated (help = the field's docstring, its environment
+    variable and default), plus the compression shortcuts."""
     p = argparse.ArgumentParser(
         prog="earlytom-serve",
-        description="OpenAI-compatible front end for LLaVA-OneVision with EarlyTom visual-token "
-        "compression on vLLM. Without --backend it starts and supervises its own vLLM server.",
-        argument_default=S,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        usage="earlytom-serve [options]   (earlytom-serve --help lists them all)",
+        description="OpenAI-compatible front end for video LLMs with EarlyTom visual-token "
+        "compression on vLLM. Without --backend it starts and supervises its own vLLM server. "
+        "Every flag has an environment variable (shown in brackets); flags win.",
+        argument_default=argparse.SUPPRESS,
     )
-    g = p.add_argument_group("listening and auth")
-    g.add_argument("--host", help="address to listen on [EARLYTOM_HOST, default 127.0.0.1]")
-    g.add_argument("--port", type=int, help="port to listen on [EARLYTOM_PORT, default 8000]")
-    g.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* "
-                   "[EARLYTOM_API_KEY]")
-    g.add_argument("--protect-health-metrics", action="store_true",
-                   help="also require the key on /health and /metrics "
-                   "[EARLYTOM_PROTECT_HEALTH_METRICS]")
-    g.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
-                   help="[EARLYTOM_LOG_LEVEL, default info]")
-
-    g = p.add_argument_group("backends")
-    g.add_argument("--backend", dest="backends", action="append", metavar="URL",
-                   help="proxy to this vLLM server (repeatable); none: start one "
-                   "[EARLYTOM_BACKENDS, comma-separated]")
-    g.add_argument("--backend-api-key", help="key sent to the backends [EARLYTOM_BACKEND_API_KEY]")
-    g.add_argument("--health-interval", type=float, help="seconds between health checks "
-                   "[EARLYTOM_HEALTH_INTERVAL, default 2]")
-    g.add_argument("--request-timeout", type=float, help="seconds an upstream request may stay "
-                   "silent [EARLYTOM_REQUEST_TIMEOUT, default 600]")
-
-    g = p.add_argument_group("the spawned vLLM backend")
-    g.add_argument("--model", help="checkpoint path or name; default: the tiny local checkpoint "
-                   "[EARLYTOM_MODEL]")
-    g.add_argument("--served-model-name", help="[EARLYTOM_SERVED_MODEL_NAME]")
-    g.add_argument("--backend-port", type=int, help="private port (0: any free one) "
-                   "[EARLYTOM_BACKEND_PORT]")
-    g.add_argument("--max-model-len", type=int, help="[EARLYTOM_MAX_MODEL_LEN]")
-    g.add_argument("--max-images-per-prompt", type=int,
-                   help="images per prompt the backend accepts [EARLYTOM_MAX_IMAGES_PER_PROMPT, "
-                   "default 1]")
-    g.add_argument("--kv-cache-space", dest="kv_cache_space_gib", type=int,
-                   help="GiB, VLLM_CPU_KVCACHE_SPACE on a CPU [EARLYTOM_KV_CACHE_SPACE_GIB, "
-                   "default 1]")
-    g.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
-                   help="let vLLM compile (slower start) [EARLYTOM_ENFORCE_EAGER]")
-    g.add_argument("--dtype", dest="dtype",
-                   help="vLLM --dtype; auto = float32 without CUDA, the checkpoint's dtype on a "
-                   "GPU [EARLYTOM_DTYPE, default auto]")
-    g.add_argument("--no-earlytom-arch", dest="earlytom_arch", action="store_false",
-                   help="serve the stock architecture (debugging only) [EARLYTOM_EARLYTOM_ARCH]")
-    g.add_argument("--backend-arg", dest="backend_args", action="append", metavar="ARG",
-                   help="extra vLLM argument (repeatable; shell-split) [EARLYTOM_BACKEND_ARGS]")
-    g.add_argument("--startup-timeout", type=float, help="[EARLYTOM_STARTUP_TIMEOUT, default 900]")
-    g.add_argument("--quiet-backend", dest="backend_log", action="store_false",
-                   help="do not relay the backend's log [EARLYTOM_BACKEND_LOG]")
-
-    g = p.add_argument_group("compression defaults (EarlyTomConfig; per request: \"earlytom\")")
-    g.add_argument("--retain-ratio", type=float, help="share of video tokens kept, in (0, 1]")
-    g.add_argument("--method", choices=["earlytom", "post_encoder", "evs", "none"])
-    g.add_argument("--no-compression", action="store_true", help="enabled = false")
-    g.add_argument("--compression", metavar="JSON", help="EarlyTomConfig fields as JSON "
-                   "[EARLYTOM_COMPRESSION]")
-
-    g = p.add_argument_group("media")
-    g.add_argument("--num-frames", type=int, help="frames sampled per video "
-                   "[EARLYTOM_NUM_FRAMES, default 32]")
-    g.add_argument("--media-dir", type=Path, help="file:// URLs allowed only inside "
-                   f"[EARLYTOM_MEDIA_DIR, default {DEFAULT_HOME / 'media'}]")
-    g.add_argument("--backend-media-dir", type=Path, help="directory the backends read as "
-                   "--allowed-local-media-path [EARLYTOM_BACKEND_MEDIA_DIR]")
-    g.add_argument("--allow-private-urls", action="store_true",
-                   help="fetch http(s) media from loopback/private/link-local addresses "
-                   "[EARLYTOM_ALLOW_PRIVATE_URLS]")
-    g.add_argument("--max-video-bytes", type=int, help="[EARLYTOM_MAX_VIDEO_BYTES, 100 MiB]")
-    g.add_argument("--max-image-bytes", type=int, help="[EARLYTOM_MAX_IMAGE_BYTES, 20 MiB]")
-    g.add_argument("--max-video-frames", type=int, help="[EARLYTOM_MAX_VIDEO_FRAMES, 10000]")
-    g.add_argument("--download-timeout", type=float, help="[EARLYTOM_DOWNLOAD_TIMEOUT, 30 s]")
-    g.add_argument("--frames-as-video", action="store_true",
-                   help="treat each request's image_url parts as the frames of one video "
-                   "(lmms-eval's openai_compatible model sends videos so); a request's "
-                   "earlytom.frames_as_video overrides it [EARLYTOM_FRAMES_AS_VIDEO]")
+    group: Any = p
+    for name, field in Settings.model_fields.items():
+        if name in SECTIONS:
+            group = p.add_argument_group(SECTIONS[name])
+        flags = flag_names(name, field)
+        help_text = " ".join((field.description or "").split()).replace("%", "%%")
+        help_text += f" [{env_name(name)}; default: {_default_text(field)}]"
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text}
+        annotation = field.annotation
+        if annotation is bool:
+            positive = [f for f in flags if not f.startswith(("--no-", "--quiet-"))]
+            group.add_argument(*positive, action=argparse.BooleanOptionalAction, **kwargs)
+            negatives = [f for f in flags if f.startswith("--quiet-")]
+            if negatives:
+                group.add_argument(*negatives, action=_Negate, dest=name,
+                                   help=f"same as --no-{name.replace('_', '-')}")
+            continue
+        if get_origin(annotation) is list or (
+                get_origin(annotation) is Annotated and get_origin(get_args(annotation)[0]) is list):
+            kwargs["action"] = "append"
+            kwargs["metavar"] = "VALUE"
+        elif get_origin(annotation) is Literal:
+            kwargs["choices"] = list(get_args(annotation))
+        else:
+            kwargs["metavar"] = name.upper()
+        group.add_argument(*flags, **kwargs)
+        if name == "compression":
+            group.add_argument("--retain-ratio", type=float,
+                               help="share of video tokens kept, in (0, 1] (compression field)")
+            group.add_argument("--method", choices=["earlytom", "post_encoder", "evs", "none"],
+                               help="compression method (compression field)")
+            group.add_argument("--no-compression", action="store_true",
+                               help="compression enabled = false")
     return p
 
 
@@ -117,7 +131,11 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     args = vars(build_parser().parse_args(argv))
     compression: dict[str, Any] = {}
     if "compression" in args:
-        compression.update(json.loads(args.pop("compression")))
+        text = args.pop("compression")
+        try:
+            compression.update(json.loads(text) if text.strip() else {})
+        except ValueError as exc:
+            raise ValueError(f"--compression must be a JSON object: {exc}") from None
     if "retain_ratio" in args:
         compression["retain_ratio"] = args.pop("retain_ratio")
     if "method" in args:
@@ -176,13 +194,19 @@ def example_request(settings: Settings, model: str, video: Path | None) -> str:
             f"-d '{body}'")
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
+def setup_logging(level: str) -> None:
+    """Root logging with the request id on every line (``-`` outside a request)."""
+    from earlytom_server.guard import RequestIdFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,13 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"earlytom-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    return serve(settings)
+
+
+def serve(settings: Settings, app: Any = None) -> int:
+    """Run the front end until it is stopped (SIGTERM: graceful drain, exit 0; SIGINT: 130).
+    ``app``: one made by ``create_app(settings, ...)`` (tests); default: ``create_app(settings)``."""
+    setup_logging(settings.log_level)
+    from earlytom_server.serving import DrainingServer, listen_socket, tame_malloc, uvicorn_config
+
+    tame_malloc()
 
     try:
-        sock = _bind(settings.host, settings.port)
+        sock = listen_socket(settings.host, settings.port)
     except OSError as exc:
         print(f"earlytom-serve: cannot listen on {settings.host}:{settings.port}: {exc}",
               file=sys.stderr)
@@ -205,15 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.port == 0:
         settings.port = sock.getsockname()[1]
 
-    import uvicorn
-
     from earlytom_server.app import create_app
 
-    app = create_app(settings)
+    if app is None:
+        app = create_app(settings)
     front = app.state.front
-    config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=5,
-                            lifespan="on")
-    server = uvicorn.Server(config)
+    server = DrainingServer(uvicorn_config(app, settings), front)
     fatal: list[str] = []
 
     def on_fatal(message: str) -> None:

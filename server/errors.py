@@ -1,17 +1,26 @@
-"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``.
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}, "request_id": ...}``.
 
 Every failure the front end reports -- bad JSON, a wrong type, a video that is not a video, a URL
 pointing into the private network, a dead backend -- goes through :class:`APIError`, so clients
-always get this shape and never a stack trace.
+always get this shape and never a stack trace. Errors relayed from a backend are rewritten into the
+same shape (:func:`normalize_error_body`). ``request_id`` (beside ``error``, so the error object
+itself stays exactly OpenAI's) is the id of the request the error is about, also sent as the
+``X-Request-Id`` response header.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
+
+#: The id of the request being served (set by the request guard, read by errors and log lines).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "earlytom_request_id", default=None)
 
 #: OpenAI's ``error.type`` for each status we emit.
 _TYPES = {
@@ -42,7 +51,7 @@ def error_body(
     status: int, message: str, *, param: str | None = None, code: str | int | None = None,
     type_: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "error": {
             "message": message,
             "type": type_ or error_type(status),
@@ -50,6 +59,10 @@ def error_body(
             "code": code,
         }
     }
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 class APIError(Exception):
@@ -85,22 +98,50 @@ class APIError(Exception):
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
+#: One entry of vLLM's validation-error message (``{'type': ..., 'loc': (...), 'msg': '...'``).
+_PYDANTIC_MSG = re.compile(r"""'msg': (?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")""")
+_PYDANTIC_HEAD = re.compile(r"^(\d+) validation errors?:?\s*\n")
+
+
+def readable_backend_message(message: str, param: str | None) -> str:
+    """vLLM 0.32 renders a request that fails its pydantic model as ``"N validation errors:\n
+    {'type': ..., 'loc': (...), 'msg': '...', 'input': ...}"``: keep the first ``msg``, prefixed
+    with the parameter (what the front end's own validation errors look like)."""
+    head = _PYDANTIC_HEAD.match(message)
+    if head is None:
+        return message.strip()[:1000]
+    found = _PYDANTIC_MSG.search(message)
+    text = (found.group(1) or found.group(2) or "invalid value") if found else "invalid value"
+    count = int(head.group(1))
+    more = f" (and {count - 1} more invalid field{'s' if count > 2 else ''})" if count > 1 else ""
+    return f"{param}: {text}{more}" if param else f"{text}{more}"
+
+
+def _clean_param(param: Any) -> str | None:
+    if not isinstance(param, str) or not param:
+        return None
+    return param[5:] if param.startswith("body.") else param
+
+
 def normalize_error_body(status: int, raw: bytes) -> dict[str, Any]:
-    """A backend's error body in OpenAI shape (vLLM's already is; anything else is wrapped)."""
+    """A backend's error body, rewritten into the front end's OpenAI shape: the type that goes
+    with ``status``, ``param`` without vLLM's ``body.`` prefix, a readable message (not a pydantic
+    dump), a string ``code`` (vLLM puts the HTTP status there), this request's id."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         err = data["error"]
-        return error_body(
-            status,
-            str(err.get("message", "")) or f"backend returned HTTP {status}",
-            param=err.get("param"),
-            code=err.get("code"),
-            type_=err.get("type") or None,
-        )
+        param = _clean_param(err.get("param"))
+        message = readable_backend_message(str(err.get("message") or ""), param)
+        code = err.get("code")
+        if not isinstance(code, str) or not code:
+            code = ("invalid_value" if param else "invalid_request") if status < 500 \
+                else "backend_error"
+        return error_body(status, message or f"the backend refused the request (HTTP {status})",
+                          param=param, code=code)
     if isinstance(data, dict) and "detail" in data:  # plain FastAPI/Starlette error
-        return error_body(status, str(data["detail"]))
+        return error_body(status, str(data["detail"])[:1000])
     text = raw.decode("utf-8", "replace").strip()[:500]
     return error_body(status, text or f"backend returned HTTP {status}")

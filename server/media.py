@@ -13,10 +13,18 @@ Accepted URLs:
 - ``file://`` paths that resolve (symlinks followed) inside the media directory. They are forwarded
   as ``file://`` when inside the backend's ``--allowed-local-media-path``, else as a data URL.
 
-Every video is opened with OpenCV and the frames the backend will sample are decoded (vLLM's own
-rule: ``min(num_frames, frame count)`` frames, uniformly spaced), so a truncated or corrupt file is
-a 400 here rather than an error deep in the engine; the count of decodable sampled frames is the
-``T`` used for token accounting.
+Every video is read the way the engine's loader reads it (``server/video.py``: vLLM 0.32's
+in-memory OpenCV loader, its edit-list correction and frame sampling, restated call for call), so
+what passes here is what the engine can encode: a video the engine would read no frame of, or
+only part of, is a 400 naming the parameter -- except when a plain decode reads it (a 1-frame
+mp4: the engine's seek skips its only frame), which is then forwarded as vLLM's frame-list form.
+Images are decoded as the engine decodes them (PIL, EXIF orientation, RGB), from a smaller list
+of formats (JPEG, PNG, WebP, GIF, BMP, TIFF). Width x height is checked against ``max_pixels``
+before anything is decoded.
+
+Every parse of these untrusted strings and bytes refuses with :class:`MediaError` (a 4xx), never
+an exception of another class: NUL bytes and invalid UTF-8 in ``file://`` paths, host names the
+IDNA codec refuses, malformed IPv6 literals, odd media types, undecodable images of any kind.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import io
 import ipaddress
 import os
+import re
 import socket
-import tempfile
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +49,19 @@ from urllib.request import pathname2url
 import anyio
 import httpx
 
+from earlytom_server import video as engine_video
+
 if TYPE_CHECKING:
-    import numpy as np
+    from PIL import Image
 
     from earlytom_server.settings import Settings
 
 MAX_REDIRECTS = 3
 _JPEG_QUALITY = 95
+#: Image formats accepted (PIL names; all in vLLM 0.32's ``ALLOWED_IMAGE_FORMATS``).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: ``type/subtype`` of a data URL (RFC 6838 restricted-name characters).
+_MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
 class MediaError(Exception):
@@ -68,6 +84,7 @@ class MediaPolicy:
     max_video_bytes: int = 100 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     max_video_frames: int = 10_000
+    max_pixels: int = 4096 * 4096
     num_frames: int = 32
     download_timeout: float = 30.0
     max_concurrent_decodes: int = 2
@@ -85,6 +102,7 @@ class MediaPolicy:
             max_video_bytes=settings.max_video_bytes,
             max_image_bytes=settings.max_image_bytes,
             max_video_frames=settings.max_video_frames,
+            max_pixels=settings.max_pixels,
             num_frames=settings.num_frames,
             download_timeout=settings.download_timeout,
             max_concurrent_decodes=settings.max_concurrent_decodes,
@@ -104,33 +122,23 @@ class PreparedVideo:
 
 
 def sample_indices(total: int, num_frames: int) -> list[int]:
-    """Frame indices vLLM's default (OpenCV) loader samples: all frames if ``total <= num_frames``,
-    else ``num_frames`` uniformly spaced (``np.linspace(0, total - 1, n, dtype=int)``)."""
-    if total <= 0:
-        return []
-    n = total if num_frames <= 0 else min(num_frames, total)
-    n = max(1, n)
-    if n == total:
-        return list(range(total))
-    # Same values as numpy.linspace(0, total - 1, n, dtype=int): truncated i * step, and the
-    # last sample exactly at the end.
-    if n == 1:
-        return [0]
-    step = (total - 1) / (n - 1)
-    return [int(i * step) for i in range(n - 1)] + [total - 1]
+    """The frames vLLM samples from ``total`` (see :func:`video.sample_indices`); [] for none."""
+    return engine_video.sample_indices(total, num_frames) if total > 0 else []
 
 
 def parse_data_url(url: str, *, param: str | None) -> tuple[str, str]:
-    """``data:<mime>[;...];base64,<payload>`` -> (lower-cased mime, payload)."""
-    header, sep, payload = url[5:].partition(",")
-    if not sep:
+    """``data:<mime>[;...];base64,<payload>`` -> (lower-cased mime, payload). One copy of the
+    payload (a video's can be 100 MiB)."""
+    comma = url.find(",", 5)
+    if comma < 0:
         raise MediaError("malformed data URL: no ',' after the media type", param=param)
+    header, payload = url[5:comma], url[comma + 1:]
     fields = [f.strip() for f in header.split(";")]
     mime = fields[0].lower()
     if "base64" not in (f.lower() for f in fields[1:]):
         raise MediaError("data URLs must be base64-encoded (data:<type>;base64,...)", param=param)
-    if "/" not in mime:
-        raise MediaError(f"data URL has no valid media type: {mime or '(empty)'}", param=param)
+    if not _MIME.fullmatch(mime):
+        raise MediaError(f"data URL has no valid media type: {mime[:60]!r}", param=param)
     return mime, payload
 
 
@@ -138,8 +146,9 @@ def decode_base64(payload: str, *, param: str | None, limit: int, what: str) -> 
     if len(payload) // 4 * 3 > limit + 3:
         raise MediaError(f"{what} is larger than the limit of {limit} bytes", param=param,
                          code="media_too_large")
-    try:
-        data = base64.b64decode(payload, validate=True)
+    try:  # strict: only the base64 alphabet and correct padding (as validate=True checks),
+        # read from the str itself (b64decode would first copy it into bytes)
+        data = _a2b(payload)
     except (binascii.Error, ValueError) as exc:
         raise MediaError(f"invalid base64 in the {what} data URL: {exc}", param=param,
                          code="invalid_base64") from None
@@ -151,6 +160,12 @@ def decode_base64(payload: str, *, param: str | None, limit: int, what: str) -> 
     return data
 
 
+def _a2b(payload: str) -> bytes:
+    if sys.version_info >= (3, 11):
+        return binascii.a2b_base64(payload, strict_mode=True)
+    return base64.b64decode(payload, validate=True)  # pragma: no cover - Python 3.10
+
+
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why an address may not be fetched (None: it is a public unicast address)."""
     if isinstance(ip, ipaddress.IPv6Address):
@@ -159,6 +174,10 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
             return address_problem(mapped)
         if ip.teredo is not None:
             return "a Teredo tunnel address"
+        if ip in _NAT64:
+            return "a NAT64 address"
+        if ip.is_site_local:  # fec0::/10, deprecated, yet ipaddress calls it global
+            return "a site-local address"
     checks = (
         ("is_unspecified", "an unspecified address"),
         ("is_loopback", "a loopback address"),
@@ -173,6 +192,9 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
     if not ip.is_global:
         return "a non-public address"
     return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def is_inside(path: Path, directory: Path) -> bool:
@@ -191,104 +213,135 @@ def file_url(path: Path) -> str:
 # Decoding (blocking; run in worker threads)
 
 
-def inspect_video_file(path: str | os.PathLike[str], *, num_frames: int, max_frames: int,
-                       param: str | None = None) -> int:
-    """Open a video with OpenCV, decode the frames vLLM would sample, return how many it gets.
+def _too_large(width: int, height: int, max_pixels: int, what: str, param: str | None
+               ) -> MediaError:
+    return MediaError(f"the {what} is {width}x{height} = {width * height} pixels; the limit is "
+                      f"{max_pixels}", param=param, code="media_too_large")
 
-    Raises :class:`MediaError` when the file is not a video, is truncated or corrupt, or has more
-    than ``max_frames`` frames.
-    """
-    import cv2
 
-    cap = cv2.VideoCapture(str(path))
+def check_video(data: bytes, *, num_frames: int, max_frames: int, max_pixels: int,
+                param: str | None = None) -> engine_video.VideoProbe:
+    """What the engine's loader gets from ``data``, or :class:`MediaError` where it gets less
+    than a whole video. A probe with no valid frame but a sequential decode that works is
+    returned as is (the caller re-encodes it)."""
     try:
-        if not cap.isOpened():
-            raise MediaError("the video could not be opened: not a video, or truncated/corrupt",
-                             param=param, code="invalid_video")
-        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if width <= 0 or height <= 0:
-            raise MediaError("the video has no picture (zero frame size)", param=param,
-                             code="invalid_video")
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if total > max_frames:
-            raise MediaError(f"the video has {total} frames; the limit is {max_frames}",
-                             param=param, code="too_many_frames")
-        if total <= 0:  # container without a frame count: count by decoding, bounded
-            total = 0
-            while cap.grab():
-                total += 1
-                if total > max_frames:
-                    raise MediaError(f"the video has more than {max_frames} frames, the limit",
-                                     param=param, code="too_many_frames")
-            if total == 0:
-                raise MediaError("the video has no decodable frames (truncated or corrupt)",
-                                 param=param, code="invalid_video")
-            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        targets = sample_indices(total, num_frames)
-        wanted = set(targets)
-        decoded = 0
-        failed: list[int] = []
-        for idx in range(targets[-1] + 1):
-            if not cap.grab():
-                failed.extend(t for t in targets if t >= idx)
-                break
-            if idx in wanted:
-                ok, frame = cap.retrieve()
-                if ok and frame is not None and frame.size > 0:
-                    decoded += 1
-                else:
-                    failed.append(idx)
-        # Headers sometimes over-count by one frame (vLLM tolerates that too): only a missing
-        # last frame is forgiven.
-        if decoded == 0 or (failed and failed != [total - 1]) or len(failed) > 1:
-            raise MediaError(
-                f"the video is truncated or corrupt: {len(failed)} of {len(targets)} sampled "
-                "frames do not decode", param=param, code="invalid_video")
-        true_total = total - len(failed)
-        return min(num_frames, true_total) if num_frames > 0 else true_total
-    finally:
-        cap.release()
+        probe = engine_video.probe_video(data, num_frames=num_frames, max_frames=max_frames,
+                                         max_pixels=max_pixels)
+    except MediaError:
+        raise
+    except Exception as exc:  # cv2.error and whatever a hostile container makes OpenCV raise
+        raise MediaError(f"the video could not be read ({exc.__class__.__name__})",
+                         param=param, code="invalid_video") from None
+    if not probe.opened:
+        raise MediaError("the video could not be opened: not a video, or truncated/corrupt",
+                         param=param, code="invalid_video")
+    if probe.width <= 0 or probe.height <= 0:
+        raise MediaError("the video has no picture (zero frame size)", param=param,
+                         code="invalid_video")
+    if probe.width * probe.height > max_pixels:
+        raise _too_large(probe.width, probe.height, max_pixels, "video frame", param)
+    if probe.total > max_frames:
+        raise MediaError(f"the video has {probe.total} frames; the limit is {max_frames}",
+                         param=param, code="too_many_frames")
+    if probe.frames == 0:
+        return probe
+    failed = [i for i in probe.sampled if i not in set(probe.valid)]
+    # Headers sometimes over-count by one frame: only a missing last frame is forgiven.
+    if failed and (len(failed) > 1 or failed[0] != probe.sampled[-1]):
+        raise MediaError(
+            f"the video is truncated or corrupt: {len(failed)} of {len(probe.sampled)} sampled "
+            "frames do not decode, so the model would not see the whole video", param=param,
+            code="invalid_video")
+    return probe
 
 
 def inspect_video_bytes(data: bytes, *, num_frames: int, max_frames: int,
-                        param: str | None = None) -> int:
-    fd, name = tempfile.mkstemp(prefix="earlytom-video-", suffix=".bin")
+                        max_pixels: int = 4096 * 4096, param: str | None = None
+                        ) -> tuple[int, str | None]:
+    """(frames the engine encodes, a frame-list data URL to forward instead, or None)."""
+    probe = check_video(data, num_frames=num_frames, max_frames=max_frames,
+                        max_pixels=max_pixels, param=param)
+    if probe.frames:
+        return probe.frames, None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return inspect_video_file(name, num_frames=num_frames, max_frames=max_frames, param=param)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
+        frames = engine_video.sequential_frames(data, num_frames=num_frames,
+                                                max_frames=max_frames)
+    except Exception:
+        frames = []
+    if not frames:
+        raise MediaError("the video has no frame the model can read (the engine's video loader "
+                         "decodes none of it: truncated, corrupt, or an unsupported codec)",
+                         param=param, code="invalid_video")
+    return len(frames), frames_to_jpeg_video([_bgr_to_image(f) for f in frames])
 
 
-def decode_image(data: bytes, *, param: str | None = None) -> np.ndarray:
-    import cv2
-    import numpy as np
+def inspect_video_file(path: str | os.PathLike[str], *, num_frames: int, max_frames: int,
+                       max_pixels: int = 4096 * 4096, param: str | None = None) -> int:
+    """Frames the engine encodes from the video file (it reads files into memory too)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise MediaError(f"cannot read the video file: {exc.__class__.__name__}",
+                         param=param) from None
+    return inspect_video_bytes(data, num_frames=num_frames, max_frames=max_frames,
+                               max_pixels=max_pixels, param=param)[0]
 
-    arr = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
-    if img is None or img.size == 0:
-        raise MediaError("not a decodable image (JPEG, PNG, WebP, BMP or TIFF expected)",
-                         param=param, code="invalid_image")
-    return img
+
+def _bgr_to_image(frame: Any) -> Image.Image:
+    from PIL import Image
+
+    return Image.fromarray(frame[:, :, ::-1].copy())
 
 
-def frames_to_jpeg_video(frames: Sequence[np.ndarray]) -> str:
-    """Frames (BGR arrays) -> ``data:video/jpeg;base64,<f1>,<f2>,...`` (all resized to the first
-    frame's size, which vLLM needs to stack them)."""
-    import cv2
+def decode_image(data: bytes, *, param: str | None = None, max_pixels: int = 4096 * 4096
+                 ) -> Image.Image:
+    """The image as the engine loads it (``ImageMediaIO.load_bytes``: PIL, EXIF orientation,
+    RGB), or :class:`MediaError`. The size is checked before the pixels are decoded."""
+    from PIL import Image, ImageOps
 
-    height, width = frames[0].shape[:2]
+    try:
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ValueError("zero size")
+        if width * height > max_pixels:
+            raise _too_large(width, height, max_pixels, "image", param)
+        with contextlib.suppress(Exception):  # vLLM ignores a broken EXIF block too
+            img = ImageOps.exif_transpose(img) or img
+        img.load()
+        return img if img.mode == "RGB" else _to_rgb(img)
+    except MediaError:
+        raise
+    except Exception:  # OSError, SyntaxError, struct.error, ValueError, ... from PIL's plugins
+        raise MediaError("not a decodable image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)",
+                         param=param, code="invalid_image") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """vLLM's ``convert_image_mode(img, "RGB")``: transparency over a white background."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.split()[3])
+        return out
+    return img.convert("RGB")
+
+
+def frames_to_jpeg_video(frames: Sequence[Image.Image]) -> str:
+    """Frames -> ``data:video/jpeg;base64,<f1>,<f2>,...`` (all resized to the first frame's size,
+    which vLLM needs to stack them)."""
+    from PIL import Image
+
+    size = frames[0].size
     parts = []
     for frame in frames:
-        if frame.shape[:2] != (height, width):
-            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
-        if not ok:  # pragma: no cover - OpenCV encodes any valid BGR array
-            raise MediaError("could not re-encode a frame as JPEG")
-        parts.append(base64.b64encode(buf.tobytes()).decode("ascii"))
+        if frame.size != size:
+            frame = frame.resize(size, Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        frame.save(buf, "JPEG", quality=_JPEG_QUALITY)
+        parts.append(base64.b64encode(buf.getvalue()).decode("ascii"))
     return "data:video/jpeg;base64," + ",".join(parts)
 
 
@@ -319,6 +372,11 @@ class MediaProcessor:
             lambda: fn(*args, **kwargs), limiter=self._limiter)
 
     # -- videos ---------------------------------------------------------------------------------
+    def _check(self, data: bytes, param: str | None) -> tuple[int, str | None]:
+        p = self.policy
+        return inspect_video_bytes(data, num_frames=p.num_frames, max_frames=p.max_video_frames,
+                                   max_pixels=p.max_pixels, param=param)
+
     async def video(self, url: str, *, param: str | None = None) -> PreparedVideo:
         p = self.policy
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -330,28 +388,38 @@ class MediaProcessor:
             if mime == "video/jpeg":  # vLLM's frame-list form
                 return await self._frame_list(payload.split(","), param=param)
             data = decode_base64(payload, param=param, limit=p.max_video_bytes, what="video")
-            frames = await self._run(inspect_video_bytes, data, num_frames=p.num_frames,
-                                     max_frames=p.max_video_frames, param=param)
-            return PreparedVideo(url=f"data:{mime};base64,{payload}", frames=frames)
+            frames, replacement = await self._run(self._check, data, param)
+            del data
+            if replacement is None and not url.startswith(f"data:{mime};base64,"):
+                replacement = f"data:{mime};base64,{payload}"  # the header normalised
+            return PreparedVideo(url=replacement or url, frames=frames)
         if scheme in ("http", "https"):
             data, ctype = await self.fetch(url, limit=p.max_video_bytes, param=param, what="video")
-            frames = await self._run(inspect_video_bytes, data, num_frames=p.num_frames,
-                                     max_frames=p.max_video_frames, param=param)
-            mime = ctype if ctype and ctype.startswith("video/") and ctype != "video/jpeg" \
-                else "video/mp4"
-            return PreparedVideo(url=f"data:{mime};base64,{base64.b64encode(data).decode()}",
-                                 frames=frames)
+            frames, replacement = await self._run(self._check, data, param)
+            mime = ctype if ctype and _MIME.fullmatch(ctype) and ctype.startswith("video/") \
+                and ctype != "video/jpeg" else "video/mp4"
+            return PreparedVideo(
+                url=replacement or f"data:{mime};base64,{base64.b64encode(data).decode()}",
+                frames=frames)
         if scheme == "file":
             path = self.local_path(url, param=param, limit=p.max_video_bytes, what="video")
-            frames = await self._run(inspect_video_file, path, num_frames=p.num_frames,
-                                     max_frames=p.max_video_frames, param=param)
+            data = await self._read(path, param=param, what="video")
+            frames, replacement = await self._run(self._check, data, param)
+            if replacement is not None:
+                return PreparedVideo(url=replacement, frames=frames)
             if self._backend_dir is not None and is_inside(path, self._backend_dir):
                 return PreparedVideo(url=file_url(path), frames=frames)
-            data = await anyio.Path(path).read_bytes()
             return PreparedVideo(url=f"data:video/mp4;base64,{base64.b64encode(data).decode()}",
                                  frames=frames)
         raise MediaError("video_url must be a data:, http(s):// or file:// URL", param=param,
                          code="unsupported_url")
+
+    async def _read(self, path: Path, *, param: str | None, what: str) -> bytes:
+        try:
+            return await anyio.Path(path).read_bytes()
+        except OSError as exc:  # removed or made unreadable since it was checked
+            raise MediaError(f"cannot read the {what} file: {exc.__class__.__name__}",
+                             param=param) from None
 
     async def _frame_list(self, payloads: list[str], *, param: str | None) -> PreparedVideo:
         p = self.policy
@@ -372,9 +440,12 @@ class MediaProcessor:
 
     async def _encode_frames(self, blobs: list[bytes], *, params: list[str | None]
                              ) -> PreparedVideo:
+        max_pixels = self.policy.max_pixels
+
         def work() -> str:
-            arrays = [decode_image(b, param=pr) for b, pr in zip(blobs, params, strict=True)]
-            return frames_to_jpeg_video(arrays)
+            images = [decode_image(b, param=pr, max_pixels=max_pixels)
+                      for b, pr in zip(blobs, params, strict=True)]
+            return frames_to_jpeg_video(images)
 
         url = await self._run(work)
         return PreparedVideo(url=url, frames=len(blobs))
@@ -413,24 +484,25 @@ class MediaProcessor:
             return data
         if scheme == "file":
             path = self.local_path(url, param=param, limit=p.max_image_bytes, what="image")
-            return await anyio.Path(path).read_bytes()
+            return await self._read(path, param=param, what="image")
         raise MediaError("image_url must be a data:, http(s):// or file:// URL", param=param,
                          code="unsupported_url")
 
     async def image(self, url: str, *, param: str | None = None) -> str:
         """A checked image, as the URL to forward."""
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        max_pixels = self.policy.max_pixels
         if scheme == "file":
             path = self.local_path(url, param=param, limit=self.policy.max_image_bytes,
                                    what="image")
-            data = await anyio.Path(path).read_bytes()
-            await self._run(decode_image, data, param=param)
+            data = await self._read(path, param=param, what="image")
+            await self._run(decode_image, data, param=param, max_pixels=max_pixels)
             if self._backend_dir is not None and is_inside(path, self._backend_dir):
                 return file_url(path)
             mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
             return f"data:{mime};base64,{base64.b64encode(data).decode()}"
         data = await self.image_bytes(url, param=param)
-        await self._run(decode_image, data, param=param)
+        await self._run(decode_image, data, param=param, max_pixels=max_pixels)
         if scheme == "data":
             return url
         mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
@@ -441,13 +513,22 @@ class MediaProcessor:
         if self._media_dir is None:
             raise MediaError("file:// URLs are disabled (no media directory configured)",
                              param=param, code="url_not_allowed", status=403)
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            raw = unquote(parts.path, errors="strict")
+        except ValueError as exc:  # "Invalid IPv6 URL", invalid UTF-8 in a %-escape
+            raise MediaError(f"malformed file:// URL ({exc})", param=param) from None
         if parts.netloc not in ("", "localhost"):
             raise MediaError("file:// URLs must not name a host", param=param,
                              code="url_not_allowed")
-        raw = unquote(parts.path)
         if not raw.startswith("/"):
             raise MediaError("file:// URLs need an absolute path", param=param)
+        if "\x00" in raw:
+            raise MediaError("the file:// path contains a NUL byte", param=param)
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MediaError("the file:// path is not valid Unicode", param=param) from None
         try:
             path = Path(raw).resolve(strict=True)
         except (FileNotFoundError, NotADirectoryError):
@@ -456,15 +537,21 @@ class MediaProcessor:
                                  param=param, code="url_not_allowed", status=403) from None
             raise MediaError(f"no such {what} file in the media directory", param=param,
                              code="file_not_found", status=404) from None
-        except (OSError, RuntimeError) as exc:  # symlink loops, permissions
+        except (OSError, RuntimeError, ValueError) as exc:  # loops, permissions, name too long
             raise MediaError(f"cannot open the {what} file: {exc.__class__.__name__}",
                              param=param) from None
         if not is_inside(path, self._media_dir):
             raise MediaError("file:// URLs must point inside the media directory",
                              param=param, code="url_not_allowed", status=403)
-        if not path.is_file():
+        try:
+            regular = path.is_file()
+            size = path.stat().st_size if regular else 0
+        except OSError as exc:
+            raise MediaError(f"cannot open the {what} file: {exc.__class__.__name__}",
+                             param=param) from None
+        if not regular:
             raise MediaError(f"the {what} path is not a regular file", param=param)
-        if path.stat().st_size > limit:
+        if size > limit:
             raise MediaError(f"{what} is larger than the limit of {limit} bytes", param=param,
                              code="media_too_large")
         return path
@@ -485,8 +572,11 @@ class MediaProcessor:
                     loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
                     timeout=self.policy.download_timeout)
             except (OSError, asyncio.TimeoutError) as exc:
-                raise MediaError(f"cannot resolve host {host!r}: {exc}", param=param,
+                raise MediaError(f"cannot resolve host {host[:100]!r}: {exc}", param=param,
                                  code="fetch_failed") from None
+            except (UnicodeError, ValueError) as exc:  # labels the IDNA codec refuses, NUL
+                raise MediaError(f"invalid host name {host[:100]!r} ({exc.__class__.__name__})",
+                                 param=param) from None
             addrs = list(dict.fromkeys(info[4][0] for info in infos))
             if not addrs:
                 raise MediaError(f"host {host!r} has no address", param=param,
@@ -515,19 +605,26 @@ class MediaProcessor:
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 target = httpx.URL(url)
-            except (httpx.InvalidURL, ValueError) as exc:
+                has_host = bool(target.host)  # decodes punycode: UnicodeError on "xn--0"
+            except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError is a ValueError
                 raise MediaError(f"invalid URL: {exc}", param=param) from None
-            if target.scheme not in ("http", "https") or not target.host:
+            if target.scheme not in ("http", "https") or not has_host:
                 raise MediaError("only http(s) URLs with a host can be fetched", param=param,
                                  code="unsupported_url")
             port = target.port or (443 if target.scheme == "https" else 80)
-            addrs = await self.check_host(target.host, port, param=param)
+            if not 0 < port < 65536:  # httpx accepts any number; connect() overflows
+                raise MediaError(f"invalid port {port} in the URL", param=param)
+            try:  # the IDNA-encoded (ASCII) name: what DNS is asked, no second IDNA pass
+                ascii_host = target.raw_host.decode("ascii")
+            except UnicodeDecodeError:
+                raise MediaError("invalid host name in the URL", param=param) from None
+            addrs = await self.check_host(ascii_host, port, param=param)
             # Connect to the address just checked (no second DNS lookup), keep Host/SNI.
             pinned = target.copy_with(host=addrs[0])
             host_header = target.netloc.decode("ascii").rsplit("@", 1)[-1]
             request = self._client.build_request(
                 "GET", pinned, headers={"host": host_header},
-                extensions={"sni_hostname": target.host},
+                extensions={"sni_hostname": ascii_host},
             )
             try:
                 response = await self._client.send(request, stream=True)
@@ -536,7 +633,11 @@ class MediaProcessor:
                                  param=param, code="fetch_failed") from None
             try:
                 if response.is_redirect and "location" in response.headers:
-                    url = urljoin(str(target), response.headers["location"])
+                    try:
+                        url = urljoin(str(target), response.headers["location"])
+                    except ValueError:
+                        raise MediaError(f"the {what} URL redirects to an invalid URL",
+                                         param=param, code="fetch_failed") from None
                     continue
                 if response.status_code != 200:
                     raise MediaError(f"fetching the {what} returned HTTP {response.status_code}",

@@ -7,7 +7,8 @@ live in one process. Labels:
 - ``method``: the effective compression method of the request -- ``earlytom``, ``post_encoder``,
   ``evs``, or ``none`` when compression is off for it (``enabled: false``, ``method: none`` or
   ``retain_ratio: 1``);
-- ``status``: the HTTP status code as a string. A stream that fails after its 200 header was sent is
+- ``status``: the HTTP status code as a string (429: refused for capacity, see
+  ``earlytom_requests_rejected_total{reason}``). A stream that fails after its 200 header was sent is
   counted with ``502``; a client that disconnects mid-stream with ``499``.
 
 ``earlytom_request_duration_seconds`` covers requests that were forwarded to a backend (requests
@@ -82,6 +83,16 @@ class Metrics:
         self.backend_up = Gauge(
             "earlytom_backend_up", "1 when the backend answers its health check, else 0.",
             ["backend"], registry=r,
+        )
+        self.rejected = Counter(
+            "earlytom_requests_rejected",
+            "Chat requests refused for capacity before any work: reason queue_full or "
+            "queue_timeout (HTTP 429), draining (HTTP 503 during a graceful shutdown).",
+            ["reason"], registry=r,
+        )
+        self.queued = Gauge(
+            "earlytom_requests_queued", "Chat requests waiting for an in-flight slot.",
+            registry=r,
         )
         self.backend_restarts = Counter(
             "earlytom_backend_restarts",

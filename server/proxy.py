@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from earlytom_server.errors import APIError
+from earlytom_server.errors import APIError, normalize_error_body
 from earlytom_server.metrics import Metrics
 
 log = logging.getLogger("earlytom_server.proxy")
@@ -244,14 +244,16 @@ class BackendPool:
         return ranked[0]
 
     # -- requests ---------------------------------------------------------------------------------
-    async def send(self, backend: Backend, path: str, body: dict[str, Any], *, stream: bool
-                   ) -> httpx.Response:
-        """POST ``body`` to the backend; the response is open (streamed) if ``stream``."""
-        request = self.client.build_request(
-            "POST", f"{backend.url}{path}", json=body,
-            headers={**self.headers(), "accept": "text/event-stream" if stream
-                     else "application/json"},
-        )
+    async def send(self, backend: Backend, path: str, content: bytes, *, stream: bool,
+                   request_id: str | None = None) -> httpx.Response:
+        """POST the JSON ``content`` to the backend (with ``X-Request-Id``: vLLM makes it the
+        engine's request id); the response is open (streamed) if ``stream``."""
+        headers = {**self.headers(), "content-type": "application/json",
+                   "accept": "text/event-stream" if stream else "application/json"}
+        if request_id:
+            headers["x-request-id"] = request_id
+        request = self.client.build_request("POST", f"{backend.url}{path}", content=content,
+                                            headers=headers)
         try:
             response = await self.client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -331,12 +333,16 @@ async def relay_sse(
             return b"data: [DONE]\n\n"
         try:
             chunk = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return f"data: {payload}\n\n".encode()
         if isinstance(chunk, dict):
             if isinstance(chunk.get("error"), dict):
                 code = chunk["error"].get("code")
-                state.error_status = code if isinstance(code, int) and code >= 400 else 500
+                status = code if isinstance(code, int) and 400 <= code < 600 else 500
+                state.error_status = status
+                # the same OpenAI shape as the front end's own errors (and this request's id)
+                body = normalize_error_body(status, payload.encode("utf-8", "replace"))
+                return b"data: " + json.dumps(body).encode() + b"\n\n"
             if state.first_content_at is None and _has_content(chunk):
                 state.first_content_at = clock()
             if isinstance(chunk.get("usage"), dict):

@@ -82,11 +82,46 @@ REJECTED_FIELDS = {
 
 
 class ErrorInfo(BaseModel):
-    message: str
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1)
     type: str
-    param: str | None = None
-    code: str | int | None = None
+    param: str | None
+    code: str | int | None
 
 
 class ErrorResponse(BaseModel):
+    """Every error the front end answers (its own, and a backend's rewritten)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     error: ErrorInfo
+    request_id: str | None = None
+
+
+class _ResponseMessage(_Open):
+    role: str
+    content: str | None = None
+
+
+class _Choice(_Open):
+    index: int
+    message: _ResponseMessage
+    finish_reason: str | None = None
+
+
+class _Usage(_Open):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(_Open):
+    """A non-streamed answer, as vLLM sends it (relayed unchanged)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[_Choice]
+    usage: _Usage | None = None

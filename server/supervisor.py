@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +115,31 @@ def resolve_dtype(dtype: str) -> str:
         return "auto"
 
 
+def resolve_isolated(settings: Settings) -> tuple[str, str, str]:
+    """(model, served model name, dtype) from :func:`resolve_model` and :func:`resolve_dtype`,
+    run in a short-lived child process: they import torch (and transformers, to build the tiny
+    checkpoint), which would otherwise stay in the front end's memory (~450 MiB) for its whole
+    life. The front end itself imports neither."""
+    args = {"model": settings.model, "served_model_name": settings.served_model_name,
+            "dtype": settings.dtype}
+    code = (
+        "import json, sys\n"
+        "from earlytom_server.settings import Settings\n"
+        "from earlytom_server.supervisor import resolve_dtype, resolve_model\n"
+        "a = json.loads(sys.argv[1])\n"
+        "s = Settings(model=a['model'], served_model_name=a['served_model_name'])\n"
+        "model, name = resolve_model(s)\n"
+        "print(json.dumps([model, name, resolve_dtype(a['dtype'])]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
+                         text=True, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip()
+                           else f"exit code {out.returncode}")
+    model, name, dtype = json.loads(out.stdout.strip().splitlines()[-1])
+    return model, name, dtype
+
+
 def build_vllm_command(
     settings: Settings,
     *,
@@ -122,6 +148,7 @@ def build_vllm_command(
     port: int,
     media_dir: Path,
     python: str = sys.executable,
+    dtype: str | None = None,
 ) -> list[str]:
     """The vLLM OpenAI server command line for the spawned backend."""
     cmd = [
@@ -144,7 +171,7 @@ def build_vllm_command(
         cmd += ["--max-model-len", str(settings.max_model_len)]
     if settings.enforce_eager:
         cmd.append("--enforce-eager")
-    cmd += ["--dtype", resolve_dtype(settings.dtype)]
+    cmd += ["--dtype", dtype or resolve_dtype(settings.dtype)]
     cmd += list(settings.backend_args)
     return cmd
 
@@ -232,6 +259,7 @@ class BackendSupervisor:
         self.failed: str | None = None
         self.model: str | None = None
         self.served_model_name: str | None = None
+        self.dtype: str | None = None
         self.command: list[str] = []
         self.log_tail: collections.deque[str] = collections.deque(maxlen=60)
         self._task: asyncio.Task[None] | None = None
@@ -267,15 +295,15 @@ class BackendSupervisor:
         media_dir.mkdir(parents=True, exist_ok=True)
         return build_vllm_command(self.settings, model=self.model,
                                   served_model_name=self.served_model_name, port=self.port,
-                                  media_dir=media_dir)
+                                  media_dir=media_dir, dtype=self.dtype)
 
     async def _supervise(self) -> None:
         if self._command_factory is None:
             if self.settings.model is None:
                 log.info("preparing the tiny local checkpoint (built once, then cached) ...")
             try:
-                self.model, self.served_model_name = await asyncio.to_thread(
-                    resolve_model, self.settings)
+                self.model, self.served_model_name, self.dtype = await asyncio.to_thread(
+                    resolve_isolated, self.settings)
             except Exception as exc:
                 self._fatal(f"cannot prepare the model: {exc}")
                 return

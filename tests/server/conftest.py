@@ -11,6 +11,7 @@ import pytest
 from frontend_fakes import ServerThread, make_fake_backend, write_mp4
 
 from earlytom_server.app import create_app
+from earlytom_server.serving import uvicorn_config
 from earlytom_server.settings import Settings
 
 
@@ -37,8 +38,11 @@ def make_front(media_dir: Path) -> Iterator[Callable[..., ServerThread]]:
         kwargs: dict[str, Any] = {"health_interval": 0.2, "media_dir": media_dir,
                                   "download_timeout": 5.0}
         kwargs.update(overrides)
-        app = create_app(Settings(**kwargs))
-        server = ServerThread(app).start()
+        settings = Settings(**kwargs)
+        app = create_app(settings)
+        # the protocol stack earlytom-serve runs (header limits and timeouts included)
+        server = ServerThread(app, config=uvicorn_config(app, settings,
+                                                         log_level="warning")).start()
         server.front = app.state.front  # type: ignore[attr-defined]
         started.append(server)
         return server

@@ -17,6 +17,11 @@ The fake backend mimics what the front end uses of vLLM: ``/health``, ``/v1/mode
 - ``[exit]``    -> the whole process exits after the first chunk (subprocess mode only)
 - ``[badjson]`` -> HTTP 200 whose body (or, streamed, one event) is not JSON
 - ``[html500]`` -> HTTP 500 with an HTML page as the body
+- ``[medium]``  -> a stream of 39 chunks, one every 50 ms (~2 s)
+- ``[sse-error]`` -> streaming: one chunk, then vLLM's error event (code 400) and ``[DONE]``
+- ``[pydantic]`` -> HTTP 400 with vLLM 0.32's raw validation-error message (a pydantic dump)
+
+``app.state.headers`` keeps each chat request's headers (lower-cased names), in order.
 
 Run as a script (``python frontend_fakes.py --port P [--model NAME]``) for a separate process.
 """
@@ -58,6 +63,7 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
                       ) -> FastAPI:
     app = FastAPI()
     app.state.received = []  # request bodies, in order
+    app.state.headers = []  # their headers
     app.state.cancelled = 0  # streams that ended early because the client went away
     app.state.completed = 0
     app.state.healthy = True
@@ -85,7 +91,15 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
     async def chat(request: Request) -> Any:
         body = await request.json()
         app.state.received.append(body)
+        app.state.headers.append(dict(request.headers))
         text = _last_text(body)
+        if "[pydantic]" in text:
+            message = ("1 validation error:\n  {'type': 'int_parsing', 'loc': ('body', 'top_k'), "
+                       "'msg': 'Input should be a valid integer, unable to parse string as an "
+                       "integer', 'input': 'x'}")
+            return JSONResponse({"error": {"message": message, "type": "Bad Request",
+                                           "param": "body.top_k", "code": 400}},
+                                status_code=400)
         if "[reject]" in text:
             return JSONResponse({"error": {"message": "rejected by the fake backend",
                                            "type": "BadRequestError", "param": "messages",
@@ -129,8 +143,8 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
             }
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        slow = "[slow]" in text
-        pieces = list(words) * (200 if "[slow]" in text else 1)
+        slow = "[slow]" in text or "[medium]" in text
+        pieces = list(words) * (200 if "[slow]" in text else 13 if "[medium]" in text else 1)
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             data = {"id": rid, "object": "chat.completion.chunk", "created": created,
@@ -154,6 +168,12 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
                         await app.state.gate.wait()
                     if i == 0 and "[badjson]" in text:
                         yield b"data: {this is not json\n\n"
+                    if i == 0 and "[sse-error]" in text:
+                        err = {"error": {"object": "error", "message": "the engine refused",
+                                         "type": "BadRequestError", "param": None, "code": 400}}
+                        yield f"data: {json.dumps(err)}\n\n".encode() + b"data: [DONE]\n\n"
+                        finished = True
+                        return
                     if i == 0 and "[die]" in text:
                         raise RuntimeError("fake backend dies mid-stream")
                     if i == 0 and "[exit]" in text:
@@ -218,17 +238,20 @@ class Gate:
 
 
 class ServerThread:
-    """A uvicorn server for ``app`` on 127.0.0.1 (random port) in a daemon thread."""
+    """A uvicorn server for ``app`` on 127.0.0.1 (random port) in a daemon thread; ``config``:
+    a ``uvicorn.Config`` for it (default: plain uvicorn, as the fake backends use)."""
 
-    def __init__(self, app: Any, *, port: int = 0) -> None:
+    def __init__(self, app: Any, *, port: int = 0, config: Any = None) -> None:
         self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per response)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=1)
+        if config is None:
+            config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                                    timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 

@@ -323,6 +323,42 @@ def test_engine_metrics_count_visual_tokens(served):
     assert d_after == video_token_budget(FRAMES, 0.25, 196) + 1
 
 
+def test_visual_token_count_is_the_engines_for_edit_lists_and_long_videos(served):
+    """The visual-token metrics equal what the engine put in the prompt (its prompt tokens minus
+    the text), also for an mp4 whose edit list hides frames and for a video longer than the
+    frames the engine samples (num_frames 32): they are counted where the frames are sampled."""
+    from mp4_edits import hide_leading_frames
+
+    trimmed = served.media_dir / "trimmed.mp4"
+    raw = write_mp4(served.media_dir / "raw40.mp4", frames=40, size=(96, 64))
+    trimmed.write_bytes(hide_leading_frames(raw.read_bytes(), 12))  # 28 presented frames
+    long = write_mp4(served.media_dir / "long48.mp4", frames=48, size=(96, 64))
+    text = "Describe the video."
+    # The prompt's text tokens: the same chat with the video placeholder as one literal token.
+    tok = httpx.post(f"{served.backend_url}/tokenize", json={
+        "model": served.model, "add_generation_prompt": True,
+        "messages": [{"role": "user", "content": f"<video>\n{text}"}]}, timeout=60)
+    assert tok.status_code == 200, tok.text
+    text_tokens = tok.json()["count"] - 1
+
+    def counters() -> tuple[float, float]:
+        body = httpx.get(f"{served.backend_url}/metrics").text
+        got = []
+        for name in ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total"):
+            got.append(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                           if line.startswith(name + "{") and f'model="{served.model}"' in line))
+        return got[0], got[1]
+
+    for path, frames in ((trimmed, 28), (long, 32)):
+        b0, a0 = counters()
+        prompt = prompt_tokens(served.client(), served.model, video_content(data_url(path), text),
+                               retain_ratio=0.25)
+        b1, a1 = counters()
+        assert a1 - a0 == prompt - text_tokens, path.name
+        assert a1 - a0 == video_token_budget(frames, 0.25, 196) + 1, path.name
+        assert b1 - b0 == 196 * frames + 1, path.name
+
+
 def test_prometheus_scrapes_ttft(served, tmp_path):
     if not Path(PROMETHEUS).exists():
         pytest.skip("prometheus is not installed (scripts/install_prometheus.sh)")
@@ -433,38 +469,3 @@ def test_ctrl_c_stops_the_backend_without_orphans(served):
     # nothing left in the backend's process group (API server, engine core, workers)
     assert wait_for(lambda: group_members(backend_pid) == [], timeout=10), served.log_tail()
 
-
-def test_visual_token_count_is_the_engines_for_edit_lists_and_long_videos(served):
-    """The visual-token metrics equal what the engine put in the prompt (its prompt tokens minus
-    the text), also for an mp4 whose edit list hides frames and for a video longer than the
-    frames the engine samples (num_frames 32): they are counted where the frames are sampled."""
-    from mp4_edits import hide_leading_frames
-
-    trimmed = served.media_dir / "trimmed.mp4"
-    raw = write_mp4(served.media_dir / "raw40.mp4", frames=40, size=(96, 64))
-    trimmed.write_bytes(hide_leading_frames(raw.read_bytes(), 12))  # 28 presented frames
-    long = write_mp4(served.media_dir / "long48.mp4", frames=48, size=(96, 64))
-    text = "Describe the video."
-    # The prompt's text tokens: the same chat with the video placeholder as one literal token.
-    tok = httpx.post(f"{served.backend_url}/tokenize", json={
-        "model": served.model, "add_generation_prompt": True,
-        "messages": [{"role": "user", "content": f"<video>\n{text}"}]}, timeout=60)
-    assert tok.status_code == 200, tok.text
-    text_tokens = tok.json()["count"] - 1
-
-    def counters() -> tuple[float, float]:
-        body = httpx.get(f"{served.backend_url}/metrics").text
-        got = []
-        for name in ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total"):
-            got.append(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                           if line.startswith(name + "{") and f'model="{served.model}"' in line))
-        return got[0], got[1]
-
-    for path, frames in ((trimmed, 28), (long, 32)):
-        b0, a0 = counters()
-        prompt = prompt_tokens(served.client(), served.model, video_content(data_url(path), text),
-                               retain_ratio=0.25)
-        b1, a1 = counters()
-        assert a1 - a0 == prompt - text_tokens, path.name
-        assert a1 - a0 == video_token_budget(frames, 0.25, 196) + 1, path.name
-        assert b1 - b0 == 196 * frames + 1, path.name

@@ -9,8 +9,8 @@ status, and the next request must be served. One server for the module (its star
 - a video the engine will not decode: its frames are larger than vLLM's frame-pixel limit
   (``VLLM_MAX_IMAGE_PIXELS``, checked by vLLM's video decoder and not by the front end), lowered for
   this server to 5000 pixels so that an ordinary 96x64 clip exceeds it while a 64x48 one does not;
-- an image the engine cannot decode: Radiance HDR, which OpenCV (the front end) reads and PIL (the
-  engine) does not;
+- an image the engine cannot decode: Radiance HDR, which OpenCV reads and PIL (the engine) does
+  not; the front end decodes images as the engine does (PIL), so it refuses it itself;
 - the engine core killed while a response streams: the client gets vLLM's SSE error event and the
   end of the stream, not a hang (last: it takes the engine down).
 
@@ -77,7 +77,8 @@ def post(engine: Served, content: list[dict[str, Any]], **extra: Any) -> httpx.R
 def openai_error(r: httpx.Response, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "request_id"}, body  # request_id: issue 11 item 7
+    assert body["request_id"] == r.headers["x-request-id"]
     assert set(body["error"]) == {"message", "type", "param", "code"}, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]
@@ -122,9 +123,6 @@ def test_the_deepest_valid_prune_layer_is_served(engine):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the front end forwards top-level 'earlytom' as mm_processor_kwargs.earlytom and relays "
-    "vLLM's param unchanged, so the client sees a field it did not send"))
 def test_engine_refusal_names_the_field_as_the_client_sent_it(engine):
     r = post(engine, video_content(data_url(engine.video)),
              earlytom={"prune_layers": [DEPTH + 4]})
@@ -157,7 +155,7 @@ def test_video_over_the_pixel_limit_refused_on_a_streamed_request_too(engine):
     assert_serves(engine)
 
 
-def test_image_the_engine_cannot_decode_is_a_400(engine):
+def test_image_the_engine_cannot_decode_is_refused_by_the_front_end(engine):
     import cv2
     import numpy as np
 
@@ -167,7 +165,10 @@ def test_image_the_engine_cannot_decode_is_a_400(engine):
     url = "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
     err = openai_error(post(engine, [{"type": "image_url", "image_url": {"url": url}},
                                      {"type": "text", "text": "What is this?"}]), 400)
-    assert "Failed to load image" in err["message"]  # the engine's loader, not the front end
+    # the front end reads images the way the engine does: what the engine cannot decode is
+    # refused before it gets there, naming the part
+    assert err["code"] == "invalid_image"
+    assert err["param"] == "messages[0].content[0].image_url.url"
     assert_serves(engine)
 
 

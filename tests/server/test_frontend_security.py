@@ -400,7 +400,8 @@ def image_content(urls: list[str]) -> list[dict[str, Any]]:
 def assert_openai_error(r: httpx.Response, status: int, code: str, param: str | None) -> None:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert set(body) == {"error", "request_id"}  # request_id: issue 11 item 7
+    assert set(body["error"]) == {"message", "type", "param", "code"}
     assert (body["error"]["code"], body["error"]["param"]) == (code, param)
 
 
