@@ -24,7 +24,6 @@ from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.processing import PromptReplacement
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
@@ -37,7 +36,7 @@ from earlytom_vllm.vllm.processing import (
     EarlyTomInfo,
     EarlyTomProcessor,
     decode_plans,
-    plan_of,
+    replace_video_placeholders,
     server_defaults,
 )
 
@@ -80,20 +79,9 @@ class EarlyTomLlavaOnevisionMultiModalProcessor(EarlyTomProcessor,
         return [VideoPlan(int(v.shape[0]), per_frame, NEWLINE_ROWS, config) for v in videos]
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs,
-                                                   out_mm_kwargs))
-        videos = out_mm_kwargs.get("video", [])
-        if not videos or any(plan_of(out_mm_kwargs, i) is None for i in range(len(videos))):
-            return updates  # no pixel videos (e.g. embeddings): the stock count applies
-        video_token_id = self.info.get_hf_config().video_token_index
-
-        def replacement(item_idx: int) -> list[int]:
-            return [video_token_id] * plan_of(out_mm_kwargs, item_idx).rows
-
-        return [
-            *(u for u in updates if u.modality != "video"),
-            PromptReplacement(modality="video", target=[video_token_id], replacement=replacement),
-        ]
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        return replace_video_placeholders(updates, out_mm_kwargs,
+                                          self.info.get_hf_config().video_token_index)
 
 
 # --------------------------------------------------------------------------------------------------

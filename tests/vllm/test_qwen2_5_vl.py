@@ -500,3 +500,21 @@ def test_chunked_prefill_gives_the_same_first_token_and_positions(qllm, engine_j
         assert max(ours, key=ours.get) == max(res["logprobs"], key=res["logprobs"].get)
         for k in ours.keys() & res["logprobs"].keys():
             assert ours[k] == pytest.approx(res["logprobs"][k], abs=1e-4)
+
+
+def test_visual_token_counters_count_this_family(qllm, qwen_checkpoint):
+    """earlytom_visual_tokens_{before,after}_total: t * (h/2)(w/2) before, the budget after."""
+    from prometheus_client import REGISTRY
+
+    labels = {"model": str(qwen_checkpoint), "method": "earlytom"}
+
+    def totals():
+        return tuple(REGISTRY.get_sample_value(f"earlytom_visual_tokens_{k}_total", labels) or 0
+                     for k in ("before", "after"))
+
+    start = totals()
+    generate(qllm, prompt(VIDEO, VIDEO), [seeded(A, 70), seeded(B, 71)],
+             kwargs={"earlytom": {"retain_ratio": 0.25}})
+    before, after = (b - a for a, b in zip(start, totals(), strict=True))
+    assert before == 4 * 64 + 6 * 140
+    assert after == expected_count(4, 64, 0.25) + expected_count(6, 140, 0.25)
