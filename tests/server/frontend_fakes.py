@@ -289,6 +289,16 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
     return bool(predicate())
 
 
+def health_ok(url: str) -> bool:
+    """``GET {url}/health`` answers 200 (False while it cannot be reached)."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group ``pgid``, from /proc."""
     found = []

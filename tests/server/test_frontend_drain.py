@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from frontend_fakes import free_port, group_members, wait_for
+from frontend_fakes import free_port, group_members, health_ok, wait_for
 
 HERE = Path(__file__).parent
 FAKE = str(HERE / "frontend_fakes.py")
@@ -39,14 +39,7 @@ def start(tmp_path: Path, **settings) -> tuple[subprocess.Popen, str, Path]:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    if not wait_for(ready, timeout=60):
+    if not wait_for(lambda: health_ok(url), timeout=60):
         proc.kill()
         pytest.fail("earlytom-serve did not start:\n" + log.read_text()[-3000:])
     return proc, url, log

@@ -8,6 +8,7 @@ body, and the next request on the SAME connection succeeds. RELIABILITY.md count
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -369,33 +370,39 @@ def test_relayed_sse_error_event_is_rewritten(client):
 # -- load limits ---------------------------------------------------------------------------------------
 
 
-def _hold_stream(url: str, started: threading.Event, done: threading.Event) -> None:
-    with httpx.Client(base_url=url, timeout=30) as c, \
-            c.stream("POST", CHAT, json=ok_body("[slow]", stream=True)) as r:
-        for _ in r.iter_lines():
-            started.set()
-            if done.is_set():
-                break
+@contextlib.contextmanager
+def one_stream_held(url: str):
+    """A long stream through the front end at ``url``, holding its slot, until the block ends."""
+    started, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with httpx.Client(base_url=url, timeout=30) as c, \
+                c.stream("POST", CHAT, json=ok_body("[slow]", stream=True)) as r:
+            for _ in r.iter_lines():
+                started.set()
+                if done.is_set():
+                    break
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert started.wait(10)
+        yield
+    finally:
+        done.set()
+        t.join(30)
 
 
 def test_beyond_in_flight_and_queue_is_429_with_retry_after(make_front, fake_backend):
     front = make_front(backends=[fake_backend.url], max_in_flight=1, max_queued=0,
                        retry_after=7)
-    started, done = threading.Event(), threading.Event()
-    t = threading.Thread(target=_hold_stream, args=(front.url, started, done))
-    t.start()
-    try:
-        assert started.wait(10)
-        with httpx.Client(base_url=front.url, timeout=30) as c:
-            r = c.post(CHAT, json=ok_body())
-            assert_openai_error(r, 429)
-            assert r.headers["retry-after"] == "7"
-            assert r.json()["error"]["type"] == "rate_limit_error"
-            text = c.get("/metrics").text
-            assert 'earlytom_requests_rejected_total{reason="queue_full"} 1.0' in text
-    finally:
-        done.set()
-        t.join(30)
+    with one_stream_held(front.url), httpx.Client(base_url=front.url, timeout=30) as c:
+        r = c.post(CHAT, json=ok_body())
+        assert_openai_error(r, 429)
+        assert r.headers["retry-after"] == "7"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        text = c.get("/metrics").text
+        assert 'earlytom_requests_rejected_total{reason="queue_full"} 1.0' in text
     with httpx.Client(base_url=front.url, timeout=30) as c:  # the slot is free again
         assert wait_for(lambda: front.front.admission.in_flight == 0)
         assert c.post(CHAT, json=ok_body()).status_code == 200
@@ -404,21 +411,13 @@ def test_beyond_in_flight_and_queue_is_429_with_retry_after(make_front, fake_bac
 def test_queued_request_waits_then_times_out_or_runs(make_front, fake_backend):
     front = make_front(backends=[fake_backend.url], max_in_flight=1, max_queued=1,
                        queue_timeout=0.5)
-    started, done = threading.Event(), threading.Event()
-    t = threading.Thread(target=_hold_stream, args=(front.url, started, done))
-    t.start()
-    try:
-        assert started.wait(10)
-        with httpx.Client(base_url=front.url, timeout=30) as c:
-            t0 = time.monotonic()
-            r = c.post(CHAT, json=ok_body())
-            assert_openai_error(r, 429)
-            assert r.json()["error"]["message"].startswith("the server is busy: no capacity")
-            assert time.monotonic() - t0 >= 0.4
-            assert 'reason="queue_timeout"} 1.0' in c.get("/metrics").text
-    finally:
-        done.set()
-        t.join(30)
+    with one_stream_held(front.url), httpx.Client(base_url=front.url, timeout=30) as c:
+        t0 = time.monotonic()
+        r = c.post(CHAT, json=ok_body())
+        assert_openai_error(r, 429)
+        assert r.json()["error"]["message"].startswith("the server is busy: no capacity")
+        assert time.monotonic() - t0 >= 0.4
+        assert 'reason="queue_timeout"} 1.0' in c.get("/metrics").text
     # a queued request is admitted as soon as the slot frees (here: its holder hangs up)
     front2 = make_front(backends=[fake_backend.url], max_in_flight=1, max_queued=1,
                         queue_timeout=60)

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from frontend_fakes import ServerThread, free_port, group_members, make_fake_backend, wait_for
+from frontend_fakes import (
+    ServerThread,
+    free_port,
+    group_members,
+    health_ok,
+    make_fake_backend,
+    wait_for,
+)
 
 from earlytom_server.app import create_app
 from earlytom_server.cli import example_request, settings_from_args
@@ -265,13 +272,7 @@ def test_cli_proxy_mode_serves_and_exits_cleanly(sig):
     try:
         url = f"http://127.0.0.1:{port}"
 
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_for(ready, timeout=60)
+        assert wait_for(lambda: health_ok(url), timeout=60)
         r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [
             {"role": "user", "content": "hi"}]}, timeout=30)
         assert r.status_code == 200
