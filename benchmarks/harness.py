@@ -119,6 +119,112 @@ def expected_rows(method: str, ratio: float | None, frames: int, per_frame: int)
 
 
 # --------------------------------------------------------------------------------------------------
+# Model families: what a benchmark needs to know about each (the library holds the method)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family as the benchmarks see it: its plugin architecture, checkpoints, prompt,
+    video geometry and counts. The counts are the library's (:func:`earlytom_vllm.plan.video_rows`);
+    a family only says what differs (a Stage-I frame is ``frames_per_unit`` video frames; tokens
+    per frame from the model's config at the benchmark's video size; extra rows per video)."""
+
+    name: str
+    arch: str  # the plugin architecture (``--hf-overrides`` architectures)
+    stock_arch: str  # vLLM's own architecture for the same checkpoint
+    prompt: str  # one video, the family's chat template, generation prompt included
+    video_token: str  # the placeholder the processor expands
+    video_size: int  # px: square synthetic videos at the size the processor keeps
+    frames_per_unit: int  # video frames per Stage-I frame (Qwen2.5-VL: a temporal patch of 2)
+    extra_rows: int  # rows appended to every video (LLaVA-OV: the newline)
+    bench_sizes: Mapping[str, Any]
+    tiny_sizes: Mapping[str, Any]
+
+    def checkpoint(self, sizes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(path, every size) of the random-weight checkpoint built with ``sizes`` (cached)."""
+        from earlytom_vllm import checkpoints as ck
+
+        if self.name == "qwen2_5_vl":
+            return str(ck.ensure_qwen_checkpoint(**sizes)), {**ck._QWEN_DEFAULT_ARGS, **sizes}
+        return checkpoint(sizes)
+
+    def checkpoint_desc(self, sizes: Mapping[str, Any]) -> str:
+        if self.name == "qwen2_5_vl":
+            return (f"random-weight Qwen2.5-VL: ViT {sizes['vision_layers']}x"
+                    f"{sizes['vision_hidden']} (windowed), Qwen2 {sizes['text_layers']}x"
+                    f"{sizes['text_hidden']}")
+        return checkpoint_desc(sizes)
+
+    def units(self, frames: int) -> int:
+        """Stage-I frames of a ``frames``-frame video (Qwen2.5-VL pads odd counts up)."""
+        return math.ceil(frames / self.frames_per_unit)
+
+    def tokens_per_frame(self, config: Mapping[str, Any]) -> int:
+        """Visual tokens of one Stage-I frame of a ``video_size`` video, as vLLM counts them."""
+        if self.name == "qwen2_5_vl":  # (h/2)(w/2) of the grid; video_size is a multiple of 28
+            vision = config["vision_config"]
+            side = self.video_size // (int(vision["patch_size"])
+                                       * int(vision["spatial_merge_size"]))
+            return side * side
+        return tokens_per_frame(config)
+
+    def model_tokens_per_frame(self, model: str | os.PathLike[str]) -> int:
+        """:meth:`tokens_per_frame` of a checkpoint path or HF id (a clear error otherwise)."""
+        try:
+            return self.tokens_per_frame(load_config(model))
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"cannot read the config.json of {str(model)!r} for its tokens per "
+                             f"frame ({type(exc).__name__}: {exc}); pass --checkpoint with a "
+                             "local copy or the HF id of the served model") from exc
+
+    def expected_rows(self, method: str, ratio: float | None, frames: int, per_frame: int) -> int:
+        """Placeholder tokens of one ``frames``-frame video (the library's count); ``ratio`` None
+        means full tokens."""
+        cfg = EarlyTomConfig(method=method, retain_ratio=1.0 if ratio is None else ratio)
+        return video_rows(self.units(frames), cfg, per_frame, self.extra_rows)
+
+    def evs_rate(self, frames: int, per_frame: int, ratio: float) -> float:
+        """vLLM's ``--video-pruning-rate`` whose EVS count is EarlyTom's at ``ratio``."""
+        total = self.units(frames) * per_frame
+        return evs_rate_for_budget(total, per_frame,
+                                   self.expected_rows("earlytom", ratio, frames, per_frame))
+
+
+def _qwen_bench_sizes() -> dict[str, Any]:
+    from earlytom_vllm.checkpoints import QWEN_BENCHMARK_SIZES
+
+    return dict(QWEN_BENCHMARK_SIZES)
+
+
+FAMILIES: dict[str, Family] = {
+    "llava_onevision": Family(
+        name="llava_onevision", arch="EarlyTomLlavaOnevisionForConditionalGeneration",
+        stock_arch="LlavaOnevisionForConditionalGeneration",
+        prompt=("<|im_start|>user\n<video>\nWhat happens in this video? Describe it briefly."
+                "<|im_end|>\n<|im_start|>assistant\n"),
+        video_token="<video>", video_size=384, frames_per_unit=1, extra_rows=EXTRA_ROWS,
+        bench_sizes=BENCH_SIZES, tiny_sizes=TINY_SIZES),
+    "qwen2_5_vl": Family(
+        name="qwen2_5_vl", arch="EarlyTomQwen2_5_VLForConditionalGeneration",
+        stock_arch="Qwen2_5_VLForConditionalGeneration",
+        prompt=("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                "<|vision_start|><|video_pad|><|vision_end|>What happens in this video? Describe "
+                "it briefly.<|im_end|>\n<|im_start|>assistant\n"),
+        video_token="<|video_pad|>", video_size=448, frames_per_unit=2, extra_rows=0,
+        bench_sizes={}, tiny_sizes={}),  # bench sizes: QWEN_BENCHMARK_SIZES (family_sizes)
+}
+
+
+def family_sizes(family: Family, *, quick: bool) -> dict[str, Any]:
+    """The checkpoint sizes a benchmark builds for ``family`` (``quick``: the tests' tiny one)."""
+    if quick:
+        return dict(family.tiny_sizes)
+    if family.name == "qwen2_5_vl":
+        return _qwen_bench_sizes()
+    return dict(family.bench_sizes)
+
+
+# --------------------------------------------------------------------------------------------------
 # Synthetic videos
 
 
