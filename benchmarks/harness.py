@@ -139,6 +139,14 @@ class Family:
     extra_rows: int  # rows appended to every video (LLaVA-OV: the newline)
     bench_sizes: Mapping[str, Any]
     tiny_sizes: Mapping[str, Any]
+    info_class: str  # "module:Class" of the adapter's processing info (its family_defaults)
+
+    def defaults(self) -> EarlyTomConfig:
+        """The family's serving defaults (prune layers etc.), from its adapter (imports vLLM)."""
+        import importlib
+
+        module, name = self.info_class.split(":")
+        return getattr(importlib.import_module(module), name).family_defaults
 
     def checkpoint(self, sizes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """(path, every size) of the random-weight checkpoint built with ``sizes`` (cached)."""
@@ -203,7 +211,8 @@ FAMILIES: dict[str, Family] = {
         prompt=("<|im_start|>user\n<video>\nWhat happens in this video? Describe it briefly."
                 "<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<video>", video_size=384, frames_per_unit=1, extra_rows=EXTRA_ROWS,
-        bench_sizes=BENCH_SIZES, tiny_sizes=TINY_SIZES),
+        bench_sizes=BENCH_SIZES, tiny_sizes=TINY_SIZES,
+        info_class="earlytom_vllm.vllm.llava_onevision:EarlyTomLlavaOnevisionProcessingInfo"),
     "qwen2_5_vl": Family(
         name="qwen2_5_vl", arch="EarlyTomQwen2_5_VLForConditionalGeneration",
         stock_arch="Qwen2_5_VLForConditionalGeneration",
@@ -211,7 +220,8 @@ FAMILIES: dict[str, Family] = {
                 "<|vision_start|><|video_pad|><|vision_end|>What happens in this video? Describe "
                 "it briefly.<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<|video_pad|>", video_size=448, frames_per_unit=2, extra_rows=0,
-        bench_sizes={}, tiny_sizes={}),  # bench sizes: QWEN_BENCHMARK_SIZES (family_sizes)
+        bench_sizes={}, tiny_sizes={},  # bench sizes: QWEN_BENCHMARK_SIZES (family_sizes)
+        info_class="earlytom_vllm.vllm.qwen2_5_vl:EarlyTomQwen2_5_VLProcessingInfo"),
 }
 
 
