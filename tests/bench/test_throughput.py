@@ -71,6 +71,130 @@ def test_targets_and_ratios():
     assert r["earlytom_vs_none"]["1"]["output_tokens_per_s"] == 1.35
 
 
+def sample(ttft, e2e, out, itl=(), prompt=100, ok=True):
+    return tp.Sample(method="earlytom", concurrency=1, round=0, index=0, seed=0, start_s=0.0,
+                     ok=ok, ttft_s=ttft, latency_s=e2e, prompt_tokens=prompt,
+                     completion_tokens=out, itl_s=list(itl))
+
+
+def test_serve_metrics_names_and_definitions():
+    """vllm bench serve's names; TPOT = (E2E - TTFT) / (out - 1); ITL pools every gap; goodput
+    counts requests meeting every SLO (a one-token request's TPOT is 0)."""
+    samples = [sample(1.0, 2.5, 4, itl=(0.5, 0.5, 0.5)),   # TPOT 0.5 s
+               sample(2.0, 2.0, 1),                        # one token: TPOT 0 (goodput only)
+               sample(3.0, 6.0, 4, itl=(1.0, 1.0, 1.0)),   # TPOT 1.0 s
+               sample(None, 1.0, None, ok=False)]          # failed
+    m = tp.serve_metrics(samples, 10.0, {"ttft": 2500, "tpot": 600}, (50, 90, 99))
+    assert m["completed"] == 3 and m["failed"] == 1 and m["duration"] == 10.0
+    assert m["total_input_tokens"] == 300 and m["total_output_tokens"] == 9
+    assert m["request_throughput"] == 0.3 and m["output_throughput"] == 0.9
+    assert m["total_token_throughput"] == 30.9
+    assert m["request_goodput"] == 0.2  # the first two meet ttft <= 2.5 s and tpot <= 0.6 s
+    assert m["mean_ttft_ms"] == 2000.0 and m["median_ttft_ms"] == 2000.0
+    assert m["p90_ttft_ms"] == pytest.approx(2800.0) and m["p99_ttft_ms"] == pytest.approx(2980.0)
+    assert m["std_ttft_ms"] == pytest.approx(816.497, abs=1e-3)  # population std, as np.std
+    assert m["mean_tpot_ms"] == 750.0  # the one-token request has no TPOT
+    assert m["mean_itl_ms"] == 750.0 and m["median_itl_ms"] == 750.0 and m["p99_itl_ms"] == 1000.0
+    assert m["mean_e2el_ms"] == pytest.approx(3500.0) and m["p50_e2el_ms"] == 2500.0
+    keys = {f"{s}_{n}_ms" for s in ("mean", "median", "std", "p50", "p90", "p99")
+            for n in ("ttft", "tpot", "itl", "e2el")}
+    assert keys <= set(m)
+    assert tp.serve_metrics(samples, 10.0)["request_goodput"] is None  # no SLO given
+    assert tp.serve_metrics(samples, 10.0, {"e2el": 2000})["request_goodput"] == 0.1
+    empty = tp.serve_metrics([], 0.0, None, (99.9,))
+    assert empty["completed"] == 0 and empty["request_throughput"] is None
+    assert empty["p99.9_ttft_ms"] is None and empty["mean_itl_ms"] is None
+
+
+def test_parse_goodput():
+    assert tp.parse_goodput(["ttft:5000", "tpot:50.5", "e2el:0"]) == \
+        {"ttft": 5000.0, "tpot": 50.5, "e2el": 0.0}
+    assert tp.parse_goodput(None) == {}
+    for bad in ("ttft", "itl:5", "ttft:-1", "ttft:x"):
+        with pytest.raises(ValueError):
+            tp.parse_goodput([bad])
+
+
+def test_poisson_arrivals():
+    a = tp.arrival_offsets(400, 4.0, seed=7)
+    assert a == tp.arrival_offsets(400, 4.0, seed=7)  # seeded
+    assert a != tp.arrival_offsets(400, 4.0, seed=8)
+    assert all(x < y for x, y in zip(a, a[1:], strict=False)) and a[0] > 0
+    assert a[-1] == pytest.approx(100.0)  # rescaled so that n requests take n / rate s
+    gaps = [y - x for x, y in zip([0.0, *a], a, strict=False)]
+    mean = sum(gaps) / len(gaps)
+    cv = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
+    assert 0.85 < cv < 1.15  # exponential intervals: coefficient of variation 1
+    regular = tp.arrival_offsets(50, 2.0, seed=0, burstiness=1e6)  # gamma -> constant gaps
+    assert regular[0] == pytest.approx(0.5, rel=1e-2) and regular[-1] == pytest.approx(25.0)
+    assert tp.arrival_offsets(3, float("inf"), seed=0) == [0.0, 0.0, 0.0]
+    assert tp.arrival_offsets(0, 1.0, seed=0) == []
+
+
+def test_levels_and_rate_schedule():
+    assert tp.parse_levels(None, None) == [1, 2, 4, 8]
+    assert tp.parse_levels(None, "2,inf") == ["rate=2", "rate=inf"]
+    assert tp.parse_levels("1", "0.5") == [1, "rate=0.5"]
+    assert tp.level_rate("rate=inf") == float("inf") and tp.level_rate(4) is None
+    args = tp.build_parser().parse_args(["--rate-requests", "5"])
+    plan = tp.schedule(["none", "earlytom"], [2, "rate=1.5"], args)
+    rate_cells = [(lv, r, m, n) for lv, r, m, n in plan if lv == "rate=1.5"]
+    assert rate_cells == [("rate=1.5", 0, "earlytom", 5), ("rate=1.5", 0, "none", 5)]
+
+
+def test_qwen_arms_and_evs_servers():
+    args = tp.parse_args(["--family", "qwen2_5_vl"])
+    assert args.ratio_list == [0.15, 0.10] and args.video_size == 448
+    assert [a.label for a in args.arms] == ["none", "vllm_evs@0.15", "earlytom@0.15",
+                                            "vllm_evs@0.10", "earlytom@0.10"]
+    assert {a.server for a in args.arms} == {"main", "vllm_evs@0.15", "vllm_evs@0.10"}
+    evs_arm = args.arms[1]
+    assert evs_arm.earlytom_field() is None  # the stock model gets no per-request field
+    assert args.arms[2].earlytom_field() == {"method": "earlytom", "retain_ratio": 0.15}
+    evs = tp.evs_servers(args, 256)  # 32 frames x 448 px: 16 slices x 256 tokens
+    assert evs["vllm_evs@0.15"]["video_pruning_rate"] == 0.847653
+    assert evs["vllm_evs@0.10"]["video_pruning_rate"] == 0.898435
+    for spec, kept in ((evs["vllm_evs@0.15"], 624), (evs["vllm_evs@0.10"], 416)):
+        assert spec["evs_tokens"] == spec["earlytom_tokens"] == kept
+        assert spec["arch"] == "Qwen2_5_VLForConditionalGeneration"
+        assert spec["serve_args"] == ["--no-earlytom-arch", "--backend-arg=--video-pruning-rate="
+                                      f"{spec['video_pruning_rate']}"]
+    visual = tp.expected_visual_tokens(args, 256, evs)
+    assert visual == {"none": 4096, "vllm_evs@0.15": 624, "earlytom@0.15": 624,
+                      "vllm_evs@0.10": 416, "earlytom@0.10": 416}
+    pairs = tp.compared([a.label for a in args.arms])
+    assert pairs == [("earlytom@0.15", "none"), ("earlytom@0.15", "vllm_evs@0.15"),
+                     ("earlytom@0.10", "none"), ("earlytom@0.10", "vllm_evs@0.10")]
+    quick = tp.parse_args(["--family", "qwen2_5_vl", "--quick"])
+    assert (quick.frames, quick.video_size, quick.ratio_list) == (12, 112, [0.15])
+    assert quick.levels == [1, "rate=4"] and quick.fam.video_size == 112
+    # defaults of the LLaVA-OV family are unchanged
+    llava = tp.parse_args([])
+    assert llava.ratio_list == [0.10] and llava.video_size == 384 and llava.levels == [1, 2, 4, 8]
+    assert [a.label for a in llava.arms] == METHODS and llava.frames == 32
+    with pytest.raises(SystemExit):
+        tp.parse_args(["--methods", "none,vllm_evs"])  # vLLM's EVS: Qwen2.5-VL only
+
+
+def test_qwen_targets_per_ratio():
+    def cell(m, c, tput):
+        return {"method": m, "concurrency": c, "requests_per_s": tput / 10,
+                "output_tokens_per_s": tput, "ttft_p50_s": 10 / tput, "ttft_p95_s": 20 / tput}
+
+    labels = ["none", "vllm_evs@0.15", "earlytom@0.15", "vllm_evs@0.10", "earlytom@0.10"]
+    speed = {"none": 2.0, "vllm_evs@0.15": 4.0, "earlytom@0.15": 5.0, "vllm_evs@0.10": 5.0,
+             "earlytom@0.10": 4.5}
+    cells = {(m, c): cell(m, c, v) for m, v in speed.items() for c in (1, 2)}
+    t = tp.targets(cells, [1, 2], labels)
+    assert t["earlytom@0.15_above_vllm_evs@0.15_every_level"]["met"]
+    assert not t["earlytom@0.10_above_vllm_evs@0.10_every_level"]["met"]
+    assert t["earlytom@0.15_saturated_vs_full"]["value"] == 2.5
+    r = tp.ratios(cells, [1, 2], labels)
+    assert set(r) == {"earlytom@0.15_vs_none", "earlytom@0.15_vs_vllm_evs@0.15",
+                      "earlytom@0.10_vs_none", "earlytom@0.10_vs_vllm_evs@0.10"}
+    assert r["earlytom@0.15_vs_vllm_evs@0.15"]["2"]["output_tokens_per_s"] == 1.25
+
+
 @pytest.mark.engine
 def test_quick_run(tmp_path):
     js, png = tmp_path / "tp.json", tmp_path / "tp.png"
