@@ -139,6 +139,10 @@ class Family:
     extra_rows: int  # rows appended to every video (LLaVA-OV: the newline)
     bench_sizes: Mapping[str, Any]
     tiny_sizes: Mapping[str, Any]
+    #: fps of the benchmarks' mp4s. vLLM's loader passes the file's fps on and Qwen2.5-VL's video
+    #: processor resamples to 2 fps (``do_sample_frames``): written at 4 fps it would keep half
+    #: the frames, so that family's videos are written at 2 fps (every frame kept).
+    video_fps: int = 4
 
     def checkpoint(self, sizes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """(path, every size) of the random-weight checkpoint built with ``sizes`` (cached)."""
@@ -211,7 +215,8 @@ FAMILIES: dict[str, Family] = {
                 "<|vision_start|><|video_pad|><|vision_end|>What happens in this video? Describe "
                 "it briefly.<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<|video_pad|>", video_size=448, frames_per_unit=2, extra_rows=0,
-        bench_sizes={}, tiny_sizes={}),  # bench sizes: QWEN_BENCHMARK_SIZES (family_sizes)
+        bench_sizes={}, tiny_sizes={},  # bench sizes: QWEN_BENCHMARK_SIZES (family_sizes)
+        video_fps=2),
 }
 
 

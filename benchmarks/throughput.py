@@ -276,7 +276,7 @@ class Arm:
     label: str  # the JSON's "method": "earlytom", or "earlytom@0.15" when a run has several ratios
     method: str  # a library method (per request) or VLLM_EVS (server-wide)
     ratio: float | None  # None: full tokens
-    server: str  # "main" (the plugin architecture), or the EVS server's key
+    server: str  # "main" (the plugin architecture), or the EVS server's key (its label)
 
     def earlytom_field(self) -> dict[str, Any] | None:
         """The request's ``earlytom`` body field (None for vLLM's EVS: a stock model)."""
@@ -294,7 +294,7 @@ def build_arms(methods: Sequence[str], ratios: Sequence[float]) -> list[Arm]:
             if m == "none":
                 continue
             label = f"{m}@{r:.2f}" if tag else m
-            arms.append(Arm(label, m, r, f"{VLLM_EVS}@{r:.2f}" if m == VLLM_EVS else "main"))
+            arms.append(Arm(label, m, r, label if m == VLLM_EVS else "main"))
     return arms
 
 
@@ -372,10 +372,11 @@ def prepare_videos(n: int, args: argparse.Namespace, media_dir: Path, *, use_fil
     out = []
     for i in tqdm(range(n), desc="videos", disable=not progress, leave=False):
         seed = args.seed + i
-        path = media_dir / f"bench-{args.video}-{args.frames}f-{args.video_size}-{seed}.mp4"
+        fps = args.fam.video_fps
+        path = media_dir / f"bench-{args.video}-{args.frames}f-{args.video_size}-{fps}fps-{seed}.mp4"
         if not path.is_file():
             harness.write_mp4(path, harness.synthetic_video(
-                args.video, args.frames, size=args.video_size, seed=seed))
+                args.video, args.frames, size=args.video_size, seed=seed), fps=fps)
         if use_file:
             url = f"file://{path.resolve()}"
         else:
@@ -1040,6 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "family": args.fam.name,
             "frames": args.frames, "video": args.video, "video_size": args.video_size,
+            "video_fps": args.fam.video_fps,
             "media": "file" if use_file else "data", "methods": labels,
             "arms": [asdict(a) for a in args.arms], "ratio": args.ratio,
             "ratios": args.ratio_list, "concurrency": args.concurrency_levels,

@@ -4,6 +4,7 @@ is positive. No timed assertion: on 2 shared cores the numbers say nothing."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ def test_poisson_arrivals():
     a = tp.arrival_offsets(400, 4.0, seed=7)
     assert a == tp.arrival_offsets(400, 4.0, seed=7)  # seeded
     assert a != tp.arrival_offsets(400, 4.0, seed=8)
-    assert all(x < y for x, y in zip(a, a[1:], strict=False)) and a[0] > 0
+    assert all(x < y for x, y in itertools.pairwise(a)) and a[0] > 0
     assert a[-1] == pytest.approx(100.0)  # rescaled so that n requests take n / rate s
     gaps = [y - x for x, y in zip([0.0, *a], a, strict=False)]
     mean = sum(gaps) / len(gaps)
@@ -240,3 +241,63 @@ def test_quick_run(tmp_path):
     assert len({s["seed"] for s in samples + report["warmup"]}) == \
         len(samples) + len(report["warmup"])  # a distinct video per request
     assert all(s["ok"] and s["ttft_s"] > 0 and s["latency_s"] >= s["ttft_s"] for s in samples)
+
+
+@pytest.mark.engine
+def test_quick_run_qwen(tmp_path):
+    """Qwen2.5-VL, both tasks in one run: the plugin server and vLLM's own EVS on its own
+    server (stock architecture), concurrency 1 and a Poisson level, vllm bench serve's metrics
+    and goodput; exact prompt token counts (12 frames of 112 px: 6 slices x 16 = 96 visual
+    tokens full, 6 x ceil(16 x 0.15) = 18 for EarlyTom and the same 18 for EVS)."""
+    from transformers import AutoProcessor
+
+    js, log = tmp_path / "tp.json", tmp_path / "serve.log"
+    code = tp.main(["--family", "qwen2_5_vl", "--quick", "--json", str(js), "--plot",
+                    str(tmp_path / "tp.png"), "--no-progress", "--server-log", str(log),
+                    "--goodput", "ttft:600000", "e2el:600000"])
+    logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("serve*.log"))
+    assert code == 0, logs
+    report = json.loads(js.read_text())
+    s = report["settings"]
+    assert s["family"] == "qwen2_5_vl" and s["methods"] == ["none", "vllm_evs", "earlytom"]
+    assert (s["frames"], s["video_size"], s["ratios"]) == (12, 112, [0.15])
+    assert s["levels"] == ["1", "rate=4"] and s["concurrency"] == [1]
+    assert s["request_rates"] == [4.0] and s["goodput_slos_ms"] == {"ttft": 600000.0,
+                                                                   "e2el": 600000.0}
+    evs = s["servers"]["vllm_evs"]
+    assert evs["evs_tokens"] == evs["earlytom_tokens"] == 18
+    assert "--no-earlytom-arch" in evs["command"]
+    assert f"--backend-arg=--video-pruning-rate={evs['video_pruning_rate']}" in evs["command"]
+    assert "--no-earlytom-arch" not in s["servers"]["main"]["command"]
+    assert report["model"]["tokens_per_frame"] == 16 and report["model"]["family"] == "qwen2_5_vl"
+
+    processor = AutoProcessor.from_pretrained(report["model"]["checkpoint"])
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": tp.PROMPT}]}],
+        add_generation_prompt=True, tokenize=False)
+    text_tokens = len(processor.tokenizer(text)["input_ids"]) - 1  # the placeholder expands
+    checks = report["checks"]
+    assert checks["errors"] == 0 and checks["ignore_eos_honored"] and checks["budget_matches"]
+    assert checks["prompt_tokens_by_method"] == {
+        "none": [text_tokens + 96], "vllm_evs": [text_tokens + 18], "earlytom": [text_tokens + 18]}
+    assert checks["vllm_evs_same_prompt_as_earlytom"]["vllm_evs"]["equal"]
+
+    cells = {(c["method"], c["level"]): c for c in report["cells"]}
+    assert len(cells) == 6
+    for (m, level), c in cells.items():
+        assert c["server"] == ("vllm_evs" if m == "vllm_evs" else "main")
+        assert c["completed"] == c["requests"] == (1 if level == "1" else 2) and c["failed"] == 0
+        assert c["request_goodput"] == c["request_throughput"] > 0  # the SLOs are loose
+        assert c["total_output_tokens"] == c["requests"] * 4
+        assert c["total_input_tokens"] == c["requests"] * c["prompt_tokens"][0]
+        for name in ("ttft", "tpot", "itl", "e2el"):
+            assert c[f"p50_{name}_ms"] <= c[f"p90_{name}_ms"] <= c[f"p99_{name}_ms"]
+            assert c[f"mean_{name}_ms"] is not None and c[f"median_{name}_ms"] is not None
+        assert c["p50_ttft_ms"] == pytest.approx(c["ttft_p50_s"] * 1000, abs=0.5)
+        assert (c["concurrency"], c["request_rate"]) == ((1, None) if level == "1" else (None, 4.0))
+    rate = [x for x in report["samples"] if x["level"] == "rate=4"]
+    assert len(rate) == 6 and all(x["scheduled_s"] is not None and x["ok"] for x in rate)
+    assert sorted({x["scheduled_s"] for x in rate if x["method"] == "none"}) == \
+        sorted({x["scheduled_s"] for x in rate if x["method"] == "earlytom"})  # same arrivals
+    assert set(report["ratios"]) == {"earlytom_vs_none", "earlytom_vs_vllm_evs"}
+    assert isinstance(report["targets"]["above_vllm_evs_every_level"]["met"], bool)
