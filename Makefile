@@ -3,7 +3,7 @@
 #   make test    install everything (venv, Prometheus for the deploy tests), then run the tests
 .PHONY: serve test test-fast test-engine lint audit fuzz-long bench-flops bench-overhead bench-ttft \
         bench-throughput bench-load \
-        demo venv prometheus clean
+        audit-latest demo venv prometheus clean
 
 PY := .venv/bin/python
 
@@ -46,6 +46,11 @@ bench-ttft: venv
 # fails when a package could not be checked, so no network means a red build, not a green one).
 audit: venv
 	$(PY) -m pip_audit --strict --progress-spinner off
+
+# Where pip-audit cannot reach per-release data: PyPI's project JSON for every installed
+# distribution that is the latest release (RELIABILITY.md says what it covers).
+audit-latest: venv
+	$(PY) scripts/audit_latest.py
 
 # The fuzzers of tests/server/test_frontend_fuzz.py at 1000 examples per property (~2.5 min).
 fuzz-long: venv

@@ -139,10 +139,18 @@ class Family:
     extra_rows: int  # rows appended to every video (LLaVA-OV: the newline)
     bench_sizes: Mapping[str, Any]
     tiny_sizes: Mapping[str, Any]
+    info_class: str  # "module:Class" of the adapter's processing info (its family_defaults)
     #: fps of the benchmarks' mp4s. vLLM's loader passes the file's fps on and Qwen2.5-VL's video
     #: processor resamples to 2 fps (``do_sample_frames``): written at 4 fps it would keep half
     #: the frames, so that family's videos are written at 2 fps (every frame kept).
     video_fps: int = 4
+
+    def defaults(self) -> EarlyTomConfig:
+        """The family's serving defaults (prune layers etc.), from its adapter (imports vLLM)."""
+        import importlib
+
+        module, name = self.info_class.split(":")
+        return getattr(importlib.import_module(module), name).family_defaults
 
     def checkpoint(self, sizes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """(path, every size) of the random-weight checkpoint built with ``sizes`` (cached)."""
@@ -207,7 +215,8 @@ FAMILIES: dict[str, Family] = {
         prompt=("<|im_start|>user\n<video>\nWhat happens in this video? Describe it briefly."
                 "<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<video>", video_size=384, frames_per_unit=1, extra_rows=EXTRA_ROWS,
-        bench_sizes=BENCH_SIZES, tiny_sizes=TINY_SIZES),
+        bench_sizes=BENCH_SIZES, tiny_sizes=TINY_SIZES,
+        info_class="earlytom_vllm.vllm.llava_onevision:EarlyTomLlavaOnevisionProcessingInfo"),
     "qwen2_5_vl": Family(
         name="qwen2_5_vl", arch="EarlyTomQwen2_5_VLForConditionalGeneration",
         stock_arch="Qwen2_5_VLForConditionalGeneration",
@@ -216,6 +225,7 @@ FAMILIES: dict[str, Family] = {
                 "it briefly.<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<|video_pad|>", video_size=448, frames_per_unit=2, extra_rows=0,
         bench_sizes={}, tiny_sizes={},  # bench sizes: QWEN_BENCHMARK_SIZES (family_sizes)
+        info_class="earlytom_vllm.vllm.qwen2_5_vl:EarlyTomQwen2_5_VLProcessingInfo",
         video_fps=2),
 }
 

@@ -27,11 +27,13 @@ def ttft_table(data: dict) -> str:
     lines = ["| video | r | method | TTFT s | vision s | tokens s | prefill+rest s | prompt tokens "
              "| speedup vs full | EarlyTom vs this |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    cfg = data["config"]
+    methods = cfg.get("methods", METHODS)  # in the run's order (the family's)
     for video, vd in data["videos"].items():
         cells = vd["cells"]
-        for ratio in ("0.25", "0.10"):
+        for ratio in (f"{r:.2f}" for r in cfg.get("ratios", (0.25, 0.10))):
             et = cells[f"earlytom@{ratio}"]["summary_seconds"]["ttft"]["median"]
-            for m in METHODS:
+            for m in methods:
                 key = "none" if m == "none" else f"{m}@{ratio}"
                 c = cells[key]
                 s = c["summary_seconds"]
@@ -114,12 +116,14 @@ def serve_metrics_table(data: dict) -> str:
 
 def print_ttft(report: dict[str, Any]) -> None:
     """The TTFT benchmark's console table (every cell, breakdown, speedups, targets)."""
+    bases = [m for m in report["config"].get("methods", METHODS) if m != "earlytom"]
+    short = {"none": "none", "post_encoder": "post", "evs": "evs", "vllm_evs": "vLLM-evs"}
     for vname, v in report["videos"].items():
         print(f"\n== {vname} video ({report['config']['frames']} frames) ==")
+        heads = " ".join(f"{'vs ' + short.get(b, b):>11s}" for b in bases)
         print(f"{'cell':26s} {'TTFT med':>8s} {'min':>6s} {'max':>6s} {'front':>6s} "
               f"{'vision':>6s} {'tokens':>6s} {'prefill':>7s} {'ptoks':>6s} {'encF':>5s} "
-              f"{'vs none':>7s} {'vs post':>7s} {'vs evs':>7s} {'cpu s':>6s} {'cpu/none':>8s} "
-              f"{'retry':>5s}")
+              f"{heads} {'cpu s':>6s} {'cpu/none':>8s} {'retry':>5s}")
         for lb, c in v["cells"].items():
             s, b = c["summary_seconds"], c["breakdown_median_seconds"]
             sp = v["speedups"].get(lb, {})
@@ -127,11 +131,12 @@ def print_ttft(report: dict[str, Any]) -> None:
             def f(key: str, sp: dict[str, Any] = sp) -> str:
                 return f"{sp[key]['from_medians']:.2f}x" if key in sp else "-"
 
+            cols = " ".join(f"{f('vs_' + b):>11s}" for b in bases)
+
             print(f"{lb:26s} {s['ttft']['median']:8.3f} {s['ttft']['min']:6.2f} "
                   f"{s['ttft']['max']:6.2f} {b['frontend']:6.3f} {b['vision']:6.3f} "
                   f"{b['tokens']:6.3f} {b['prefill']:7.3f} {c['prompt_tokens']!s:>6s} "
-                  f"{c['frames']['mean_encoder_frames']:5.1f} {f('vs_none'):>7s} "
-                  f"{f('vs_post_encoder'):>7s} {f('vs_evs'):>7s} "
+                  f"{c['frames']['mean_encoder_frames']:5.1f} {cols} "
                   f"{s.get('process_cpu_seconds', {}).get('median', float('nan')):6.2f} "
                   f"{sp.get('vs_none', {}).get('cpu_time_medians', float('nan')):7.2f}x "
                   f"{len(c['discarded_contended_samples']):>2d}/{c['contended_samples_kept']:<2d}")
@@ -139,7 +144,8 @@ def print_ttft(report: dict[str, Any]) -> None:
             vs = v["vision_share_none"]
             print(f"vision share of TTFT (none): {vs['vision_encoding_share']:.1%} "
                   f"(+tokens {vs['vision_plus_tokens_share']:.1%}; target "
-                  f"{vs['band'][0]:.0%}-{vs['band'][1]:.0%}; paper {vs['paper']:.1%})")
+                  f"{vs['band'][0]:.0%}-{vs['band'][1]:.0%}"
+                  + (f"; paper {vs['paper']:.1%})" if vs.get("paper") else ")"))
     print()
     for t in report["targets"]:
         extra = ""

@@ -11,7 +11,23 @@ On a GPU node with a real checkpoint (no CPU environment variables are set, dtyp
         --model llava-hf/llava-onevision-qwen2-7b-ov-hf \\
         --json benchmarks/results/ttft_cuda.json --plot benchmarks/results/ttft_cuda.png
 
-What is measured. ONE engine serves ONE model (the plugin architecture
+Qwen2.5-VL (``--family qwen2_5_vl``; writes ``results/ttft_qwen2_5_vl.json`` and ``.png``)::
+
+    .venv/bin/python -m benchmarks.ttft --family qwen2_5_vl          # the full CPU benchmark
+
+compares full tokens and EarlyTom (per request, on the plugin engine) with vLLM's OWN EVS, which is
+server-wide: one more engine per ratio, the stock ``Qwen2_5_VLForConditionalGeneration`` on the
+same checkpoint with ``video_pruning_rate`` q chosen so that EVS keeps exactly EarlyTom's count
+(``harness.Family.evs_rate``; 32 frames of 448 x 448 = 16 slices x 256 tokens: r = 0.15 -> 624
+tokens, q = 0.847653; r = 0.10 -> 416, q = 0.898435). Every engine is up at once and the cells of
+all engines are interleaved in one shuffled order per run. The stock model is timed from outside
+(``install_stock_timer``: its video encoder and its EVS selection, instance attributes of that
+engine's model); its ``vision`` includes the merger (the projector), which for EarlyTom is in
+``tokens``. Targets: EarlyTom's TTFT >= 1.5x lower than EVS and >= 2x lower than full tokens, at
+r = 0.15 and 0.10; the benchmark checkpoint (``QWEN_BENCHMARK_SIZES``) is sized for a 25.8% vision
+share (the 7B model's FLOPs at this geometry).
+
+What is measured. For LLaVA-OneVision ONE engine serves ONE model (the plugin architecture
 ``EarlyTomLlavaOnevisionForConditionalGeneration``, started with the server-wide ``trace`` setting
 on so the model times each video) and every method is chosen per request with
 ``mm_processor_kwargs={"earlytom": {"method": ..., "retain_ratio": ...}}``: ``none`` (all
@@ -36,6 +52,9 @@ Breakdown of each TTFT (seconds; the four parts add up to the TTFT):
 * ``tokens``: visual-token processing = projector + 2x2 pooling + selection (``tokens_seconds``).
 * ``prefill``: LLM prefill + scheduling + sampling = engine time (queued -> first token) - vision -
   tokens. ``prefill_and_rest`` = TTFT - vision - tokens (= prefill + frontend) is recorded too.
+
+Engines run in-process, each in a worker process of its own (``Engines``: started one after
+another, driven over a pipe, so a request's CPU time is measured inside the engine's process).
 
 Fairness and caching. Each timed run uses a fresh synthetic video (same generator, seed
 ``--seed + run``) and ALL methods get that same video, so no method meets an easier one. vLLM's
@@ -80,14 +99,17 @@ runs bounds what it can save over a baseline with the same token budget).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,23 +121,34 @@ from benchmarks import harness
 from benchmarks.report import plot_ttft, print_ttft
 from earlytom_vllm import EarlyTomConfig
 
-ARCH = "EarlyTomLlavaOnevisionForConditionalGeneration"
-PROMPT = ("<|im_start|>user\n<video>\nWhat happens in this video? Describe it briefly.<|im_end|>\n"
-          "<|im_start|>assistant\n")
-METHODS = harness.METHODS
-BASELINES = tuple(m for m in METHODS if m != "earlytom")
+#: vLLM's own EVS (``--video-pruning-rate q``): server-wide, so it runs on an engine of its own
+#: (the stock architecture, same checkpoint) at the q whose kept count is EarlyTom's.
+VLLM_EVS = "vllm_evs"
+#: Methods per family, in table order. LLaVA-OneVision: the library's per-request methods (vLLM
+#: has no EVS for it); Qwen2.5-VL: full tokens, vLLM's EVS and EarlyTom (issue 12).
+FAMILY_METHODS = {"llava_onevision": harness.METHODS,
+                  "qwen2_5_vl": ("none", VLLM_EVS, "earlytom")}
+METHODS = tuple(dict.fromkeys(m for ms in FAMILY_METHODS.values() for m in ms))
+FAMILY_RATIOS = {"llava_onevision": "0.25,0.10", "qwen2_5_vl": "0.15,0.10"}
 VIDEOS = ("scene", "motion")
-SERVING = EarlyTomConfig()  # the serving default EarlyTom setting
-EXTRA_PRUNE_LAYERS = "4,14,24;6,14,20"  # the paper's other published settings
+EXTRA_PRUNE_LAYERS = "4,14,24;6,14,20"  # the paper's other published settings (LLaVA-OV)
+FAMILY_EXTRA = {"llava_onevision": EXTRA_PRUNE_LAYERS, "qwen2_5_vl": ""}
+QWEN_FPS = 2.0  # sampling rate stated with each Qwen2.5-VL video (its time positions use it)
 
-#: Paper targets (docs/method.md section 6).
-TARGET_VS_NONE = 2.65
-TARGET_VS_BASELINE = 1.3
-TARGET_RATIO = 0.10
-VISION_SHARE_BAND = (0.30, 0.45)
-PAPER = {"ttft_ms": {"none": 889.9, "earlytom@0.25": 426.3, "earlytom@0.10": 336.2},
-         "breakdown_ms_at_0.10": {"none": [323, 63, 500], "earlytom": [239, 35, 58]},
-         "vision_share_none": round(323 / 889.9, 3)}
+#: Targets per family (docs/method.md sections 6 and 7; the issue's for Qwen2.5-VL): EarlyTom's
+#: TTFT ratio over each baseline at each ratio listed, and the band of the full-token vision share
+#: the benchmark checkpoint is sized for (Qwen2.5-VL: 25.8% from the 7B model's FLOPs,
+#: ``earlytom_vllm.checkpoints.QWEN_BENCHMARK_SIZES``).
+TARGETS: dict[str, dict[str, Any]] = {
+    "llava_onevision": {"ratios": (0.10,), "vs": {"none": 2.65, "post_encoder": 1.3, "evs": 1.3},
+                        "vision_share_band": (0.30, 0.45)},
+    "qwen2_5_vl": {"ratios": (0.15, 0.10), "vs": {"none": 2.0, VLLM_EVS: 1.5},
+                   "vision_share_band": (0.21, 0.31)},
+}
+PAPER = {"llava_onevision": {
+    "ttft_ms": {"none": 889.9, "earlytom@0.25": 426.3, "earlytom@0.10": 336.2},
+    "breakdown_ms_at_0.10": {"none": [323, 63, 500], "earlytom": [239, 35, 58]},
+    "vision_share_none": round(323 / 889.9, 3)}}
 
 PARTS = ("frontend", "vision", "tokens", "prefill")
 
@@ -132,8 +165,15 @@ def cell_label(method: str, ratio: float | None, prune_layers: Sequence[int] | N
     return f"{method}{tag}@{ratio:.2f}"
 
 
+PLUGIN = "plugin"  # the engine of the per-request methods: the plugin architecture, trace on
+
+
 def build_cells(methods: Sequence[str], ratios: Sequence[float],
-                extra_prune_layers: Sequence[tuple[int, ...]]) -> list[dict[str, Any]]:
+                extra_prune_layers: Sequence[tuple[int, ...]],
+                serving: EarlyTomConfig) -> list[dict[str, Any]]:
+    """The cells to time; ``serving``: the family's serving default EarlyTom setting. A cell's
+    ``engine`` names the engine that serves it (:data:`PLUGIN`, or ``vllm_evs@r`` for vLLM's
+    EVS at the rate of ratio r)."""
     cells: list[dict[str, Any]] = []
     if "none" in methods:
         cells.append({"method": "none", "ratio": None, "prune_layers": None,
@@ -142,9 +182,11 @@ def build_cells(methods: Sequence[str], ratios: Sequence[float],
         for m in methods:
             if m == "none":
                 continue
+            setting = {"earlytom": "serving default",
+                       VLLM_EVS: "vLLM's own EVS (own engine, stock architecture)"}
             cells.append({"method": m, "ratio": r,
-                          "prune_layers": list(SERVING.prune_layers) if m == "earlytom" else None,
-                          "setting": "serving default" if m == "earlytom" else "baseline"})
+                          "prune_layers": list(serving.prune_layers) if m == "earlytom" else None,
+                          "setting": setting.get(m, "baseline")})
         if "earlytom" in methods:
             for layers in extra_prune_layers:
                 cells.append({"method": "earlytom", "ratio": r, "prune_layers": list(layers),
@@ -153,10 +195,14 @@ def build_cells(methods: Sequence[str], ratios: Sequence[float],
         extra = c["setting"].startswith("paper")
         c["label"] = cell_label(c["method"], c["ratio"], c["prune_layers"] if extra else None)
         c["extra"] = extra
+        c["engine"] = c["label"] if c["method"] == VLLM_EVS else PLUGIN
     return cells
 
 
-def request_kwargs(cell: dict[str, Any]) -> dict[str, Any]:
+def request_kwargs(cell: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's ``mm_processor_kwargs`` (None for vLLM's EVS: its engine is stock)."""
+    if cell["method"] == VLLM_EVS:
+        return None
     et: dict[str, Any] = {"method": cell["method"]}
     if cell["ratio"] is not None:
         et["retain_ratio"] = cell["ratio"]
@@ -220,50 +266,118 @@ def set_engine_env(device: str, threads: int | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-def make_engine(model: str, *, device: str, dtype: str, frames: int, per_frame: int,
-                default_ratio: float):
-    """An in-process engine with the ``trace`` setting on: the model times each video."""
+def make_engine(model: str, fam: harness.Family, spec: dict[str, Any], *, device: str,
+                dtype: str, frames: int, per_frame: int, default_ratio: float):
+    """An in-process engine for one :func:`engine_specs` entry: the plugin architecture with the
+    ``trace`` setting on (the model times each video), or the stock architecture with vLLM's
+    EVS at ``spec["video_pruning_rate"]`` (timed by :func:`install_stock_timer`)."""
     from vllm import LLM
 
-    rows = harness.expected_rows("none", None, frames, per_frame)
+    rows = fam.expected_rows("none", None, frames, per_frame)
     max_len = max(2048, 1024 * math.ceil((rows + 512) / 1024))
     kwargs: dict[str, Any] = dict(
         model=model, dtype=dtype, max_model_len=max_len, max_num_batched_tokens=max_len,
         limit_mm_per_prompt={"video": 1}, seed=0, enable_prefix_caching=False,
         mm_processor_cache_gb=0, disable_log_stats=False,
-        hf_overrides={"architectures": [ARCH],
-                      "earlytom": {"retain_ratio": default_ratio, "max_frames": frames,
-                                   "trace": True}},
     )
+    if spec["video_pruning_rate"] is None:
+        kwargs["hf_overrides"] = {"architectures": [fam.arch],
+                                  "earlytom": {"retain_ratio": default_ratio,
+                                               "max_frames": fam.units(frames), "trace": True}}
+    else:
+        kwargs["hf_overrides"] = {"architectures": [fam.stock_arch]}
+        kwargs["video_pruning_rate"] = spec["video_pruning_rate"]
     if device == "cpu":
         kwargs["enforce_eager"] = True
-    return LLM(**kwargs)
+    llm = LLM(**kwargs)
+    if spec["video_pruning_rate"] is not None:
+        llm.apply_model(install_stock_timer)
+    return llm
+
+
+def engine_specs(cells: Sequence[dict[str, Any]], fam: harness.Family, frames: int,
+                 per_frame: int) -> dict[str, dict[str, Any]]:
+    """One engine per server-wide setting the cells need: :data:`PLUGIN` (every per-request
+    method) and one vLLM EVS engine per ratio (``video_pruning_rate`` from the shared harness:
+    the q whose EVS count is EarlyTom's count at that ratio)."""
+    specs: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        if c["engine"] in specs:
+            continue
+        q = fam.evs_rate(frames, per_frame, c["ratio"]) if c["method"] == VLLM_EVS else None
+        specs[c["engine"]] = {"name": c["engine"], "video_pruning_rate": q}
+    return specs
+
+
+def _sync(x: Any) -> None:
+    import torch
+
+    t = x[0] if isinstance(x, (list, tuple)) else x
+    if isinstance(t, torch.Tensor) and t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
+def install_stock_timer(model: Any) -> None:
+    """Benchmark only (applied to one engine's model with ``LLM.apply_model``): time the stock
+    model's video encoder (``_process_video_input``: patch embedding, blocks, merger) and vLLM's
+    EVS selection (``_postprocess_video_embeds_evs``: retention mask, positions), one device
+    sync each, into ``model.bench_last`` in the trace's vocabulary. The wrappers are instance
+    attributes of this model: no class or module is patched."""
+    encode, select = model._process_video_input, model._postprocess_video_embeds_evs
+    depth = len(model.visual.blocks)
+
+    def timed_encode(video_input):
+        t0 = time.perf_counter()
+        out = encode(video_input)
+        _sync(out)
+        slices = int(video_input["video_grid_thw"][:, 0].sum())
+        model.bench_last = {"encoder_seconds": time.perf_counter() - t0, "tokens_seconds": 0.0,
+                            "frames_per_layer": [slices] * depth, "method": "none",
+                            "rows": sum(int(e.shape[0]) for e in out)}
+        return out
+
+    def timed_select(embeds, video_input):
+        t0 = time.perf_counter()
+        out = select(embeds, video_input)
+        _sync(out)
+        model.bench_last.update(tokens_seconds=time.perf_counter() - t0, method=VLLM_EVS,
+                                rows=sum(int(e.shape[0]) for e in out))
+        return out
+
+    model._process_video_input, model._postprocess_video_embeds_evs = timed_encode, timed_select
 
 
 def _clear_trace(model: Any) -> None:
     model.earlytom_last = {}
+    model.bench_last = {}
+
+
+def read_trace(model: Any) -> dict[str, Any]:
+    """The last video's trace: the plugin model's own, or :func:`install_stock_timer`'s."""
+    from earlytom_vllm.vllm.observe import last_trace
+
+    return dict(getattr(model, "bench_last", None) or last_trace(model))
 
 
 # --------------------------------------------------------------------------------------------------
 # One timed request
 
 
-def time_request(llm, sampling, video, cell: dict[str, Any]) -> dict[str, Any]:
-    from earlytom_vllm.vllm.observe import last_trace
-
+def time_request(llm, sampling, prompt: str, video, cell: dict[str, Any]) -> dict[str, Any]:
     llm.apply_model(_clear_trace)
     load = harness.loadavg()
     mark = harness.cpu_mark()
+    request: dict[str, Any] = {"prompt": prompt, "multi_modal_data": {"video": video}}
+    if (kwargs := request_kwargs(cell)) is not None:
+        request["mm_processor_kwargs"] = kwargs
     t0 = time.perf_counter()
-    out = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": video},
-                        "mm_processor_kwargs": request_kwargs(cell)}, sampling, use_tqdm=False)[0]
+    out = llm.generate(request, sampling, use_tqdm=False)[0]
     wall = time.perf_counter() - t0
     cpu = harness.cpu_since(mark)
-    trace = llm.apply_model(last_trace)[0]
+    trace = llm.apply_model(read_trace)[0]
     if not trace or "encoder_seconds" not in trace:
         raise RuntimeError(f"{cell['label']}: no fresh encoder trace (encoder cache hit?)")
-    expected_method = cell["method"]
-    if trace["method"] != expected_method:
+    if trace["method"] != cell["method"]:
         raise RuntimeError(f"{cell['label']}: trace is for method {trace['method']!r}")
     m = out.metrics
     ttft_metric = float(getattr(m, "first_token_latency", 0.0) or 0.0) if m is not None else 0.0
@@ -293,14 +407,25 @@ def perturbed(video, k: int):
     return v
 
 
-def measure(llm, sampling, video, cell: dict[str, Any], *, max_foreign: float | None,
-            retries: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def video_item(fam: harness.Family, frames):
+    """What ``multi_modal_data["video"]`` takes for this family: the frames, with the sampling
+    metadata Qwen2.5-VL's processor needs (its time positions and EVS use it)."""
+    if fam.name == "qwen2_5_vl":
+        from earlytom_vllm.synthetic import with_metadata
+
+        return with_metadata(frames, QWEN_FPS)
+    return frames
+
+
+def measure(llm, sampling, fam: harness.Family, video, cell: dict[str, Any], *,
+            max_foreign: float | None, retries: int
+            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One accepted sample (re-measured up to ``retries`` times while other processes used more
-    than ``max_foreign`` cores during it) and the discarded attempts."""
+    than ``max_foreign`` cores during it) and the discarded attempts. ``video``: the frames."""
     discarded: list[dict[str, Any]] = []
     for attempt in range(retries + 1):
-        s = time_request(llm, sampling, video if attempt == 0 else perturbed(video, attempt),
-                         cell)
+        frames = video if attempt == 0 else perturbed(video, attempt)
+        s = time_request(llm, sampling, fam.prompt, video_item(fam, frames), cell)
         s["attempt"] = attempt
         fc = s["foreign_cpu_cores"]
         s["contended"] = bool(max_foreign is not None and fc is not None and fc > max_foreign)
@@ -314,6 +439,97 @@ def time_hf_video_processor(processor, video) -> float:
     t0 = time.perf_counter()
     processor.video_processor(videos=[video], return_tensors="pt")
     return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine processes: each engine runs in-process in a worker process of its own (several engines
+# cannot share one process), driven over a pipe; the CPU it uses is measured inside it.
+
+
+def _engine_worker(conn, model: str, family: str, spec: dict[str, Any],
+                   opts: dict[str, Any]) -> None:
+    """Worker main: build the engine, answer ``("ready", info)``, then for each
+    ``(frames, cell, max_foreign, retries)`` answer ``("ok", (sample, discarded))`` or
+    ``("error", traceback)``; ``None`` stops it."""
+    try:
+        set_engine_env(opts["device"], opts["threads"])
+        warm = keep_heap_warm() if opts["warm_heap"] else False
+        fam = harness.FAMILIES[family]
+        from vllm import SamplingParams
+
+        t0 = time.perf_counter()
+        llm = make_engine(model, fam, spec, device=opts["device"], dtype=opts["dtype"],
+                          frames=opts["frames"], per_frame=opts["per_frame"],
+                          default_ratio=opts["default_ratio"])
+        import torch
+
+        conn.send(("ready", {"engine_start_seconds": time.perf_counter() - t0,
+                             "torch_threads_serving": torch.get_num_threads(),
+                             "warm_heap": warm, "pid": os.getpid()}))
+        sampling = SamplingParams(max_tokens=1, temperature=0.0)
+        while (job := conn.recv()) is not None:
+            frames, cell, max_foreign, retries = job
+            try:
+                conn.send(("ok", measure(llm, sampling, fam, frames, cell,
+                                         max_foreign=max_foreign, retries=retries)))
+            except Exception:  # reported to the controller, which stops
+                conn.send(("error", traceback.format_exc()))
+    except Exception:  # a start-up failure
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class Engines:
+    """The engine processes of one run, by :func:`engine_specs` name; started one after another
+    (so start-up never competes with a measurement), stopped on exit."""
+
+    def __init__(self, model: str, family: str, specs: dict[str, dict[str, Any]],
+                 opts: dict[str, Any]) -> None:
+        self.model, self.family, self.specs, self.opts = model, family, specs, opts
+        self.procs: dict[str, Any] = {}
+        self.conns: dict[str, Any] = {}
+        self.info: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> Engines:
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            for name, spec in self.specs.items():
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_engine_worker, name=f"ttft-{name}", daemon=True,
+                                   args=(child, self.model, self.family, spec, self.opts))
+                proc.start()
+                child.close()
+                self.procs[name], self.conns[name] = proc, parent
+                self.info[name] = {**spec, **self._answer(name)}
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _answer(self, name: str) -> Any:
+        try:
+            kind, payload = self.conns[name].recv()
+        except EOFError:
+            raise RuntimeError(f"engine {name} exited (code {self.procs[name].exitcode})") \
+                from None
+        if kind == "error":
+            raise RuntimeError(f"engine {name} failed:\n{payload}")
+        return payload
+
+    def measure(self, video, cell: dict[str, Any], *, max_foreign: float | None,
+                retries: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        self.conns[cell["engine"]].send((video, cell, max_foreign, retries))
+        return self._answer(cell["engine"])
+
+    def __exit__(self, *exc: object) -> None:
+        for name, conn in self.conns.items():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            self.procs[name].join(timeout=60)
+            if self.procs[name].is_alive():
+                self.procs[name].kill()
+                self.procs[name].join()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,15 +561,23 @@ def frames_summary(samples: Sequence[dict[str, Any]], prune_layers: Sequence[int
     }
 
 
-def summarize_cell(cell: dict[str, Any], samples: list[dict[str, Any]], frames: int,
-                   per_frame: int, text_tokens: int,
+def cell_rows(fam: harness.Family, cell: dict[str, Any], frames: int, per_frame: int) -> int:
+    """Visual tokens of a cell's video: the library's count, or vLLM's EVS count at its rate."""
+    if cell["method"] == VLLM_EVS:
+        q = fam.evs_rate(frames, per_frame, cell["ratio"])
+        return harness.evs_tokens(fam.units(frames) * per_frame, per_frame, q)
+    return fam.expected_rows(cell["method"], cell["ratio"], frames, per_frame)
+
+
+def summarize_cell(cell: dict[str, Any], samples: list[dict[str, Any]], fam: harness.Family,
+                   frames: int, per_frame: int, text_tokens: int,
                    discarded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     keys = ("ttft", "wall", "engine", "frontend", "vision", "tokens", "prefill",
             "prefill_and_rest", "foreign_cpu_cores", "process_cpu_seconds")
     summary = {k: _stats([s[k] for s in samples]) for k in keys
                if all(s.get(k) is not None for s in samples)}
     prompt = sorted({s["prompt_tokens"] for s in samples})
-    rows = harness.expected_rows(cell["method"], cell["ratio"], frames, per_frame)
+    rows = cell_rows(fam, cell, frames, per_frame)
     return {
         **{k: cell[k] for k in ("label", "method", "ratio", "prune_layers", "setting", "extra")},
         "samples": samples,
@@ -365,7 +589,7 @@ def summarize_cell(cell: dict[str, Any], samples: list[dict[str, Any]], frames: 
         "expected_prompt_tokens": text_tokens + rows,
         "video_rows": rows,
         "prompt_tokens_ok": prompt == [text_tokens + rows],
-        "frames": frames_summary(samples, cell["prune_layers"], frames),
+        "frames": frames_summary(samples, cell["prune_layers"], fam.units(frames)),
     }
 
 
@@ -376,13 +600,16 @@ def _paired(num: list[dict[str, Any]], den: list[dict[str, Any]]) -> float:
 
 
 def speedups(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per compressed cell: TTFT(baseline) / TTFT(cell) for each baseline at the same ratio."""
+    """Per compressed cell: TTFT(baseline) / TTFT(cell) for each baseline at the same ratio
+    (every method of the run but EarlyTom is a baseline)."""
     out: dict[str, dict[str, Any]] = {}
+    present = {c["method"] for c in cells.values()}
+    baselines = [m for m in METHODS if m != "earlytom" and m in present]
     for label, c in cells.items():
         if c["method"] == "none":
             continue
         entry: dict[str, Any] = {}
-        for base in BASELINES:
+        for base in baselines:
             if base == c["method"]:
                 continue
             blabel = "none" if base == "none" else cell_label(base, c["ratio"], None)
@@ -405,19 +632,20 @@ def speedups(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def vision_share(none_cell: dict[str, Any]) -> dict[str, Any]:
+def vision_share(none_cell: dict[str, Any], band: Sequence[float],
+                 paper: float | None) -> dict[str, Any]:
     s = none_cell["summary_seconds"]
     ttft = s["ttft"]["median"]
     per_run = [x["vision"] / x["ttft"] for x in none_cell["samples"]]
     share = statistics.median(per_run)
-    lo, hi = VISION_SHARE_BAND
+    lo, hi = band
     return {
         "vision_encoding_share": share,
         "vision_plus_tokens_share": statistics.median(
             [(x["vision"] + x["tokens"]) / x["ttft"] for x in none_cell["samples"]]),
         "from_medians": s["vision"]["median"] / ttft,
         "band": [lo, hi], "in_band": lo <= share <= hi,
-        "paper": PAPER["vision_share_none"],
+        "paper": paper,
     }
 
 
@@ -449,51 +677,53 @@ def miss_reason(et: dict[str, Any], base: dict[str, Any], base_name: str, frames
         txt += (f"With the same token budget the prefill is equal, so only the encoder and token "
                 f"processing can differ: even with zero Stage I overhead the ratio is bounded by "
                 f"~{ideal:.2f}x here (the vision encoder is {vis_b / ttft_b:.0%} of "
-                f"{base_name}'s TTFT). Merging more frames earlier (the paper's alternative "
-                f"prune layers, reported as extra rows) lowers the frame-layer share.")
+                f"{base_name}'s TTFT). Merging more frames earlier (earlier prune layers) "
+                f"lowers the frame-layer share.")
     return txt
 
 
-def check_targets(videos: dict[str, dict[str, Any]], frames: int) -> list[dict[str, Any]]:
-    targets = []
+def check_targets(videos: dict[str, dict[str, Any]], targets: dict[str, Any],
+                  units: int) -> list[dict[str, Any]]:
+    """``targets``: a :data:`TARGETS` entry; ``units``: Stage-I frames per video."""
+    out = []
+    lo, hi = targets["vision_share_band"]
     for vname, v in videos.items():
         cells = v["cells"]
-        et_label = cell_label("earlytom", TARGET_RATIO, None)
-        if et_label not in cells:
-            continue
-        et = cells[et_label]
-        for base, need in (("none", TARGET_VS_NONE), ("post_encoder", TARGET_VS_BASELINE),
-                           ("evs", TARGET_VS_BASELINE)):
-            blabel = "none" if base == "none" else cell_label(base, TARGET_RATIO, None)
-            if blabel not in cells:
+        for ratio in targets["ratios"]:
+            et_label = cell_label("earlytom", ratio, None)
+            if et_label not in cells:
                 continue
-            r = v["speedups"][et_label][f"vs_{base}"]
-            measured = r["from_medians"]
-            met = measured >= need
-            targets.append({
-                "video": vname, "name": f"earlytom@{TARGET_RATIO:.2f} vs {base}",
-                "required": need, "measured_from_medians": measured,
-                "measured_paired_median": r["paired_median"],
-                "measured_from_minima": r["from_minima"],
-                "measured_cpu_time": r.get("cpu_time_medians"), "met": met,
-                "met_by_cpu_time": None if r.get("cpu_time_medians") is None
-                else r["cpu_time_medians"] >= need,
-                "reason": None if met else miss_reason(et, cells[blabel], base, frames),
-            })
+            et = cells[et_label]
+            for base, need in targets["vs"].items():
+                blabel = "none" if base == "none" else cell_label(base, ratio, None)
+                if blabel not in cells:
+                    continue
+                r = v["speedups"][et_label][f"vs_{base}"]
+                measured = r["from_medians"]
+                met = measured >= need
+                out.append({
+                    "video": vname, "name": f"earlytom@{ratio:.2f} vs {base}",
+                    "required": need, "measured_from_medians": measured,
+                    "measured_paired_median": r["paired_median"],
+                    "measured_from_minima": r["from_minima"],
+                    "measured_cpu_time": r.get("cpu_time_medians"), "met": met,
+                    "met_by_cpu_time": None if r.get("cpu_time_medians") is None
+                    else r["cpu_time_medians"] >= need,
+                    "reason": None if met else miss_reason(et, cells[blabel], base, units),
+                })
         if "none" in cells:
             vs = v["vision_share_none"]
-            targets.append({
+            share = vs["vision_encoding_share"]
+            out.append({
                 "video": vname, "name": "vision encoding share of TTFT, full tokens",
-                "required": list(VISION_SHARE_BAND), "measured_from_medians":
-                vs["vision_encoding_share"], "met": vs["in_band"],
+                "required": [lo, hi], "measured_from_medians": share, "met": vs["in_band"],
                 "reason": None if vs["in_band"] else (
-                    f"with full tokens the vision encoder takes {vs['vision_encoding_share']:.0%}"
-                    f" of TTFT on this model and machine: the LLM is "
-                    f"{'too light' if vs['vision_encoding_share'] > VISION_SHARE_BAND[1] else 'too heavy'}"
+                    f"with full tokens the vision encoder takes {share:.0%} of TTFT on this "
+                    f"model and machine: the LLM is {'too light' if share > hi else 'too heavy'}"
                     " relative to the encoder (only the default CPU benchmark checkpoint at 32"
                     " frames is sized for the band)"),
             })
-    return targets
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,19 +733,24 @@ def check_targets(videos: dict[str, dict[str, Any]], frames: int) -> list[dict[s
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=tuple(harness.FAMILIES), default="llava_onevision",
+                   help="model family: its plugin architecture, prompt, video size, methods, "
+                        "ratios and targets (qwen2_5_vl: full tokens, vLLM's EVS on an engine of "
+                        "its own per ratio, EarlyTom; r = 0.15, 0.10)")
     p.add_argument("--model", default=None,
-                   help="checkpoint path or HF id (default: build the CPU benchmark checkpoint)")
+                   help="checkpoint path or HF id (default: build the family's CPU benchmark "
+                        "checkpoint)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", default=None,
                    help="engine dtype (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--checkpoint-sizes", default=None,
                    help="JSON object overriding the built checkpoint's sizes (probing only)")
     p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--ratios", default="0.25,0.10")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--extra-prune-layers", default=EXTRA_PRUNE_LAYERS,
+    p.add_argument("--ratios", default=None, help="default: the family's (FAMILY_RATIOS)")
+    p.add_argument("--methods", default=None, help="default: the family's (FAMILY_METHODS)")
+    p.add_argument("--extra-prune-layers", default=None,
                    help="';'-separated EarlyTom prune-layer sets reported as extra rows "
-                        "('' for none)")
+                        "('' for none; default: the paper's alternatives for LLaVA-OV)")
     p.add_argument("--videos", default=",".join(VIDEOS))
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds over all cells")
@@ -532,20 +767,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="re-measurements per contended sample (the last one is kept, flagged)")
     p.add_argument("--quick", action="store_true",
                    help="tiny checkpoint, 8 frames, 1 run, no warm-up (smoke test)")
-    p.add_argument("--json", default=str(harness.RESULTS / "ttft.json"))
-    p.add_argument("--plot", default=str(harness.RESULTS / "ttft.png"), help="PNG path ('' to skip)")
+    p.add_argument("--json", default=None,
+                   help="default: results/ttft.json (results/ttft_<family>.json for others)")
+    p.add_argument("--plot", default=None, help="PNG path ('' to skip; default beside --json)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.frames, args.runs, args.warmup, args.retries = 8, 1, 0, 0
+    fam = args.family
+    stem = "ttft" if fam == "llava_onevision" else f"ttft_{fam}"
+    args.json = args.json if args.json is not None else str(harness.RESULTS / f"{stem}.json")
+    if args.plot is None:
+        args.plot = str(Path(args.json).with_suffix(".png"))
+    args.ratios = FAMILY_RATIOS[fam] if args.ratios is None else args.ratios
+    args.methods = ",".join(FAMILY_METHODS[fam]) if args.methods is None else args.methods
+    if args.extra_prune_layers is None:
+        args.extra_prune_layers = FAMILY_EXTRA[fam]
     args.ratio_list = [float(x) for x in args.ratios.split(",") if x.strip()]
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.video_list = [v.strip() for v in args.videos.split(",") if v.strip()]
     args.extra_list = [tuple(int(x) for x in s.split(",")) for s in
                        args.extra_prune_layers.split(";") if s.strip()]
     for m in args.method_list:
-        if m not in METHODS:
-            p.error(f"unknown method {m!r} (known: {', '.join(METHODS)})")
+        if m not in FAMILY_METHODS[fam]:
+            p.error(f"unknown method {m!r} for {fam} (known: {', '.join(FAMILY_METHODS[fam])})")
     for v in args.video_list:
         if v not in VIDEOS:
             p.error(f"unknown video {v!r} (known: {', '.join(VIDEOS)})")
@@ -558,50 +803,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    set_engine_env(args.device, args.threads)
-    warm_heap = keep_heap_warm() if args.device == "cpu" and not args.no_warm_heap else False
+    fam = harness.FAMILIES[args.family]
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    serving = fam.defaults()  # the family's serving default EarlyTom setting
 
     sizes = None
     if args.model:
         model = model_desc = args.model
     else:
-        sizes = dict(harness.TINY_SIZES if args.quick else harness.BENCH_SIZES)
+        sizes = harness.family_sizes(fam, quick=args.quick)
         if args.checkpoint_sizes:
             sizes.update(json.loads(args.checkpoint_sizes))
-        model, sizes = harness.checkpoint(sizes)
-        model_desc = harness.checkpoint_desc(sizes)
-    per_frame = harness.model_tokens_per_frame(model)
+        model, sizes = fam.checkpoint(sizes)
+        model_desc = fam.checkpoint_desc(sizes)
+    per_frame = fam.model_tokens_per_frame(model)
+    units = fam.units(args.frames)
 
     from tqdm import tqdm
     from transformers import AutoProcessor
-    from vllm import SamplingParams
 
-    load_start = harness.loadavg()
-    t_engine = time.perf_counter()
-    llm = make_engine(model, device=args.device, dtype=dtype, frames=args.frames,
-                      per_frame=per_frame, default_ratio=args.ratio_list[-1] if args.ratio_list else 0.1)
-    engine_start_s = time.perf_counter() - t_engine
-    import torch
-
-    threads_serving = torch.get_num_threads()
-    sampling = SamplingParams(max_tokens=1, temperature=0.0)
     processor = AutoProcessor.from_pretrained(model)
     tok = processor.tokenizer
-    text_tokens = len(tok(PROMPT, add_special_tokens=False).input_ids) - 1  # minus <video>
+    text_tokens = len(tok(fam.prompt, add_special_tokens=False).input_ids) - 1  # minus the video
 
-    cells = build_cells(args.method_list, args.ratio_list, args.extra_list)
+    cells = build_cells(args.method_list, args.ratio_list, args.extra_list, serving)
+    specs = engine_specs(cells, fam, args.frames, per_frame)
+    opts = {"device": args.device, "threads": args.threads, "dtype": dtype,
+            "warm_heap": args.device == "cpu" and not args.no_warm_heap, "frames": args.frames,
+            "per_frame": per_frame,
+            "default_ratio": args.ratio_list[-1] if args.ratio_list else 0.1}
     total = len(args.video_list) * len(cells) * (args.warmup + args.runs)
-    bar = tqdm(total=total, desc="ttft", unit="req", disable=args.no_progress, file=sys.stderr)
+    load_start = harness.loadavg()
 
-    # Warm-up: every cell on its own videos (seeds below the timed ones), untimed.
-    for w in range(args.warmup):
-        for vname in args.video_list:
-            video = harness.synthetic_video(vname, args.frames, seed=args.seed - 1 - w)
-            for cell in cells:
-                bar.set_postfix_str(f"warm-up {vname} {cell['label']}")
-                time_request(llm, sampling, video, cell)
-                bar.update()
+    def video(kind: str, seed: int):
+        return harness.synthetic_video(kind, args.frames, size=fam.video_size, seed=seed)
 
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {
         v: {c["label"]: [] for c in cells} for v in args.video_list}
@@ -610,27 +845,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_foreign = args.max_foreign_cpu if args.max_foreign_cpu > 0 else None
     hf_proc: dict[str, list[float]] = {v: [] for v in args.video_list}
     seeds = [args.seed + i for i in range(args.runs)]
-    for run in range(args.runs):
-        for vname in args.video_list:
-            video = harness.synthetic_video(vname, args.frames, seed=seeds[run])
-            hf_proc[vname].append(time_hf_video_processor(processor, video))
-            order = list(cells)  # round-robin, a fresh order each run (seeded):
-            random.Random(args.seed * 7919 + run).shuffle(order)  # no fixed predecessor
-            for cell in order:
-                bar.set_postfix_str(f"run {run} {vname} {cell['label']}")
-                s, dropped = measure(llm, sampling, video, cell, max_foreign=max_foreign,
-                                     retries=args.retries)
-                for x in (s, *dropped):
-                    x["run"], x["seed"] = run, seeds[run]
-                samples[vname][cell["label"]].append(s)
-                discarded[vname][cell["label"]].extend(dropped)
-                bar.update()
-    bar.close()
+    with Engines(model, fam.name, specs, opts) as engines:
+        bar = tqdm(total=total, desc="ttft", unit="req", disable=args.no_progress,
+                   file=sys.stderr)
+        # Warm-up: every cell on its own videos (seeds below the timed ones), untimed.
+        for w in range(args.warmup):
+            for vname in args.video_list:
+                frames = video(vname, args.seed - 1 - w)
+                for cell in cells:
+                    bar.set_postfix_str(f"warm-up {vname} {cell['label']}")
+                    engines.measure(frames, cell, max_foreign=None, retries=0)
+                    bar.update()
+        for run in range(args.runs):
+            for vname in args.video_list:
+                frames = video(vname, seeds[run])
+                hf_proc[vname].append(time_hf_video_processor(processor, frames))
+                order = list(cells)  # round-robin over cells AND engines, a fresh order each
+                random.Random(args.seed * 7919 + run).shuffle(order)  # run: no fixed predecessor
+                for cell in order:
+                    bar.set_postfix_str(f"run {run} {vname} {cell['label']}")
+                    s, dropped = engines.measure(frames, cell, max_foreign=max_foreign,
+                                                 retries=args.retries)
+                    for x in (s, *dropped):
+                        x["run"], x["seed"] = run, seeds[run]
+                    samples[vname][cell["label"]].append(s)
+                    discarded[vname][cell["label"]].extend(dropped)
+                    bar.update()
+        bar.close()
+        engine_info = engines.info
     load_end = harness.loadavg()
 
+    targets = TARGETS[fam.name]
+    paper = PAPER.get(fam.name, {})
     videos: dict[str, dict[str, Any]] = {}
     for vname in args.video_list:
-        vcells = {c["label"]: summarize_cell(c, samples[vname][c["label"]], args.frames,
+        vcells = {c["label"]: summarize_cell(c, samples[vname][c["label"]], fam, args.frames,
                                              per_frame, text_tokens,
                                              discarded[vname][c["label"]])
                   for c in cells}
@@ -641,37 +890,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cells": vcells, "speedups": speedups(vcells),
         }
         if "none" in vcells:
-            entry["vision_share_none"] = vision_share(vcells["none"])
+            entry["vision_share_none"] = vision_share(vcells["none"], targets["vision_share_band"],
+                                                      paper.get("vision_share_none"))
         videos[vname] = entry
 
+    plugin = engine_info.get(PLUGIN, next(iter(engine_info.values())))
     report: dict[str, Any] = {
         "benchmark": "ttft",
         "config": {
+            "family": fam.name, "architecture": fam.arch,
             "model": model, "model_desc": model_desc, "checkpoint_sizes": sizes,
             "device": args.device, "dtype": dtype, "frames": args.frames,
+            "stage1_frames": units, "video_size": fam.video_size,
             "ratios": args.ratio_list, "methods": args.method_list, "videos": args.video_list,
             "runs": args.runs, "warmup": args.warmup, "quick": args.quick, "seed": args.seed,
             "max_foreign_cpu_cores": max_foreign, "retries": args.retries,
             "threads": args.threads if args.device == "cpu" else None,
-            "warm_heap": warm_heap, "order": "shuffled per run (seeded), same for both videos",
-            "prompt": PROMPT, "text_tokens": text_tokens,
+            "warm_heap": plugin["warm_heap"],
+            "order": "shuffled per run (seeded), same for both videos",
+            "prompt": fam.prompt, "text_tokens": text_tokens,
             "tokens_per_frame": per_frame,
-            "earlytom_default": {"prune_layers": list(SERVING.prune_layers), "tau": SERVING.tau,
-                                 "max_window": SERVING.max_window, "ema": SERVING.ema},
+            "earlytom_default": {"prune_layers": list(serving.prune_layers), "tau": serving.tau,
+                                 "max_window": serving.max_window, "ema": serving.ema},
             "extra_prune_layers": [list(x) for x in args.extra_list],
-            "cells": [{k: c[k] for k in ("label", "method", "ratio", "prune_layers", "setting")}
-                      for c in cells],
+            "cells": [{k: c[k] for k in ("label", "method", "ratio", "prune_layers", "setting",
+                                         "engine")} for c in cells],
             "engine": {"enable_prefix_caching": False, "mm_processor_cache_gb": 0,
                        "in_process": True, "max_tokens": 1,
+                       "processes": "one worker process per engine, driven over a pipe",
                        "ttft_source": "RequestOutput.metrics.first_token_latency (wall fallback)"},
-            "engine_start_seconds": engine_start_s,
+            "engines": engine_info,
+            "engine_start_seconds": plugin["engine_start_seconds"],
+            "targets": {"ratios": list(targets["ratios"]), "vs": targets["vs"],
+                        "vision_share_band": list(targets["vision_share_band"])},
         },
-        "machine": {**machine_info(args.device), "torch_threads_serving": threads_serving},
+        "machine": {**machine_info(args.device),
+                    "torch_threads_serving": plugin["torch_threads_serving"]},
         "load_average": {"start": load_start, "end": load_end},
         "videos": videos,
-        "paper": PAPER,
+        "paper": paper,
     }
-    report["targets"] = check_targets(videos, args.frames)
+    report["targets"] = check_targets(videos, targets, units)
     report["targets_met"] = all(t["met"] for t in report["targets"]) if report["targets"] \
         else None
 

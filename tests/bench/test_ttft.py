@@ -111,3 +111,55 @@ def test_frames_and_speedups(report):
         assert sp[f"vs_{base}"]["from_medians"] > 0
     share = v["vision_share_none"]
     assert 0 < share["vision_encoding_share"] < 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Qwen2.5-VL: full tokens and EarlyTom on the plugin engine, vLLM's own EVS on an engine of its own
+# (stock architecture, --video-pruning-rate at the rate whose count is EarlyTom's). r = 0.5 keeps
+# EVS above its floor of one slice (256 tokens at 448 px), so both keep exactly 4 x 128 tokens.
+
+QWEN_RATIO = 0.5
+QWEN_SLICES = FRAMES // 2
+
+
+@pytest.fixture(scope="module")
+def qwen_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ttft_qwen")
+    js = out / "ttft_qwen.json"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ttft", "--family", "qwen2_5_vl", "--quick",
+         "--videos", "scene", "--ratios", str(QWEN_RATIO), "--json", str(js), "--plot", "",
+         "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(js.read_text())
+
+
+def test_qwen_cells_engines_and_exact_counts(qwen_report):
+    cfg = qwen_report["config"]
+    fam = harness.FAMILIES["qwen2_5_vl"]
+    assert cfg["family"] == "qwen2_5_vl" and cfg["architecture"] == fam.arch
+    assert cfg["stage1_frames"] == QWEN_SLICES and cfg["tokens_per_frame"] == 256  # (448/28)^2
+    assert cfg["earlytom_default"]["prune_layers"] == [7, 15, 23]  # the family's default
+    per_frame = cfg["tokens_per_frame"]
+    evs = cfg["engines"][f"vllm_evs@{QWEN_RATIO:.2f}"]
+    assert evs["video_pruning_rate"] == fam.evs_rate(FRAMES, per_frame, QWEN_RATIO)
+    assert cfg["engines"]["plugin"]["video_pruning_rate"] is None
+    cells = qwen_report["videos"]["scene"]["cells"]
+    assert set(cells) == {"none", f"vllm_evs@{QWEN_RATIO:.2f}", f"earlytom@{QWEN_RATIO:.2f}"}
+    text = cfg["text_tokens"]
+    budget = video_token_budget(QWEN_SLICES, QWEN_RATIO, per_frame)  # no extra rows
+    want = {"none": text + QWEN_SLICES * per_frame, "vllm_evs": text + budget,
+            "earlytom": text + budget}
+    for label, c in cells.items():
+        assert c["prompt_tokens"] == want[c["method"]] and c["prompt_tokens_ok"], label
+        for s in c["samples"]:
+            assert s["rows"] == want[c["method"]] - text, label
+            assert s["ttft"] > 0 and s["vision"] > 0 and s["prefill"] > 0, label
+            assert sum(s[p] for p in PARTS) <= s["ttft"] + TOL, label
+            assert len(s["frames_per_layer"]) == 32, label
+    assert cells[f"vllm_evs@{QWEN_RATIO:.2f}"]["samples"][0]["tokens"] > 0  # EVS selection
+    sp = qwen_report["videos"]["scene"]["speedups"][f"earlytom@{QWEN_RATIO:.2f}"]
+    assert sp["vs_none"]["from_medians"] > 0 and sp["vs_vllm_evs"]["from_medians"] > 0
