@@ -140,6 +140,10 @@ class Family:
     bench_sizes: Mapping[str, Any]
     tiny_sizes: Mapping[str, Any]
     info_class: str  # "module:Class" of the adapter's processing info (its family_defaults)
+    #: fps of the benchmarks' mp4s. vLLM's loader passes the file's fps on and Qwen2.5-VL's video
+    #: processor resamples to 2 fps (``do_sample_frames``): written at 4 fps it would keep half
+    #: the frames, so that family's videos are written at 2 fps (every frame kept).
+    video_fps: int = 4
 
     def defaults(self) -> EarlyTomConfig:
         """The family's serving defaults (prune layers etc.), from its adapter (imports vLLM)."""
@@ -221,7 +225,8 @@ FAMILIES: dict[str, Family] = {
                 "it briefly.<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<|video_pad|>", video_size=448, frames_per_unit=2, extra_rows=0,
         bench_sizes={}, tiny_sizes={},  # bench sizes: QWEN_BENCHMARK_SIZES (family_sizes)
-        info_class="earlytom_vllm.vllm.qwen2_5_vl:EarlyTomQwen2_5_VLProcessingInfo"),
+        info_class="earlytom_vllm.vllm.qwen2_5_vl:EarlyTomQwen2_5_VLProcessingInfo",
+        video_fps=2),
 }
 
 

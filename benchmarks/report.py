@@ -56,13 +56,27 @@ def ttft_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _level_key(cell: dict[str, Any]) -> str:
+    """A throughput cell's load level: "4" (concurrency) or "rate=2" (older files: concurrency)."""
+    return str(cell.get("level", cell["concurrency"]))
+
+
+def _levels(report: dict[str, Any]) -> list[str]:
+    s = report["settings"]
+    return [str(x) for x in s.get("levels", s["concurrency"])]
+
+
+def _methods(report: dict[str, Any]) -> list[str]:
+    return list(report["settings"].get("methods", METHODS))
+
+
 def throughput_table(data: dict) -> str:
     lines = ["| concurrency | method | requests/s | output tokens/s | TTFT p50 s | TTFT p95 s |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for c in sorted({cell["concurrency"] for cell in data["cells"]}):
-        for m in METHODS:
+    for c in _levels(data):
+        for m in _methods(data):
             for cell in data["cells"]:
-                if cell["concurrency"] == c and cell["method"] == m:
+                if _level_key(cell) == c and cell["method"] == m:
                     lines.append(f"| {c} | {m} | {cell['requests_per_s']:.3f} | "
                                  f"{cell['output_tokens_per_s']:.2f} | {cell['ttft_p50_s']:.2f} | "
                                  f"{cell['ttft_p95_s']:.2f} |")
@@ -72,6 +86,27 @@ def throughput_table(data: dict) -> str:
             detail = t.get("value", t.get("ratios"))
             lines.append(f"- {name} ({t.get('target')}): {detail} -> "
                          f"{'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def serve_metrics_table(data: dict) -> str:
+    """vllm bench serve's latency percentiles and goodput per cell (ms), where the report has
+    them (throughput.json files written before they were added do not)."""
+    pcts = [str(int(p)) if int(p) == p else str(p)
+            for p in data["settings"].get("percentiles", (50, 90, 99))]
+    head = ["level", "method"] + [f"{m} p{p} ms" for m in ("TTFT", "TPOT", "ITL", "E2E")
+                                  for p in pcts] + ["goodput req/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for c in _levels(data):
+        for m in _methods(data):
+            for cell in data["cells"]:
+                if _level_key(cell) != c or cell["method"] != m or "mean_ttft_ms" not in cell:
+                    continue
+                vals = [cell.get(f"p{p}_{k}_ms") for k in ("ttft", "tpot", "itl", "e2el")
+                        for p in pcts] + [cell.get("request_goodput")]
+                lines.append(f"| {c} | {m} | " + " | ".join(
+                    "-" if v is None else (f"{v:.0f}" if v >= 100 else f"{v:.3g}")
+                    for v in vals) + " |")
     return "\n".join(lines)
 
 
@@ -185,20 +220,22 @@ def plot_ttft(report: dict[str, Any], path: Path) -> None:
 
 
 def print_throughput(report: dict[str, Any]) -> None:
-    """The throughput benchmark's console table (every cell, ratios, targets)."""
+    """The throughput benchmark's console table (every cell, ratios, targets), then vllm bench
+    serve's percentiles and goodput."""
     cells = report["cells"]
-    levels = report["settings"]["concurrency"]
-    methods = report["settings"]["methods"]
-    print(f"\nthroughput: {report['settings']['frames']} frames, {report['settings']['max_tokens']} "
-          f"output tokens, ratio {report['settings']['ratio']}, model "
-          f"{report['model']['served_name']}")
-    head = (f"{'method':<13}{'c':>3}{'ok':>5}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>10}"
-            f"{'TTFT p95':>10}{'prompt':>8}{'load1':>7}{'other':>7}")
+    levels = _levels(report)
+    methods = _methods(report)
+    s = report["settings"]
+    print(f"\nthroughput: {s['frames']} frames, {s['max_tokens']} output tokens, ratio "
+          f"{s.get('ratios', s['ratio'])}, model {report['model']['served_name']}")
+    width = max(13, *(len(m) + 1 for m in methods))
+    head = (f"{'method':<{width}}{'level':>7}{'ok':>5}{'req/s':>9}{'out tok/s':>11}"
+            f"{'TTFT p50':>10}{'TTFT p95':>10}{'prompt':>8}{'load1':>7}{'other':>7}")
     print(head)
     print("-" * len(head))
     for c in levels:
         for m in methods:
-            row = next((r for r in cells if r["method"] == m and r["concurrency"] == c), None)
+            row = next((r for r in cells if r["method"] == m and _level_key(r) == c), None)
             if row is None:
                 continue
 
@@ -207,15 +244,17 @@ def print_throughput(report: dict[str, Any]) -> None:
 
             load = statistics.fmean(row["loadavg_1m"]) if row["loadavg_1m"] else None
             prompt = row["prompt_tokens"][0] if row["prompt_tokens"] else "-"
-            print(f"{m:<13}{c:>3}{row['ok']:>5}{f(row['requests_per_s'], 9)}"
+            print(f"{m:<{width}}{c:>7}{row['ok']:>5}{f(row['requests_per_s'], 9)}"
                   f"{f(row['output_tokens_per_s'], 11, 2)}{f(row['ttft_p50_s'], 10)}"
                   f"{f(row['ttft_p95_s'], 10)}{prompt!s:>8}{f(load, 7, 2)}"
                   f"{f(row.get('foreign_cores'), 7, 2)}")
-    print("(load1: 1-min load average; other: CPU cores used by other jobs during the cell, "
-          f"of {report['machine']['logical_cpus']})")
+    print("(level: concurrency, or rate=R requests/s; load1: 1-min load average; other: CPU "
+          f"cores used by other jobs during the cell, of {report['machine']['logical_cpus']})")
+    if any("mean_ttft_ms" in r for r in cells):
+        print("\n" + serve_metrics_table(report))
     for name, rows in report["ratios"].items():
-        print(f"\n{name} (per concurrency): " + ", ".join(
-            f"c={c}: tput x{r['output_tokens_per_s']}, TTFT p50 x{r['ttft_p50_speedup']}"
+        print(f"\n{name} (per level): " + ", ".join(
+            f"{c}: tput x{r['output_tokens_per_s']}, TTFT p50 x{r['ttft_p50_speedup']}"
             for c, r in rows.items()))
     print()
     for name, t in report["targets"].items():
@@ -226,33 +265,47 @@ def print_throughput(report: dict[str, Any]) -> None:
 
 
 def plot_throughput(report: dict[str, Any], path: Path) -> None:
-    """throughput.png: output tokens/s, TTFT and EarlyTom's ratios against concurrency."""
+    """throughput.png: output tokens/s, TTFT and EarlyTom's ratios against the load level (one
+    tick per level: 1, 2, 4, 8 are evenly spaced as on a log axis; rate levels follow)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    levels = report["settings"]["concurrency"]
-    methods = report["settings"]["methods"]
-    cells = {(r["method"], r["concurrency"]): r for r in report["cells"]}
+    levels = _levels(report)
+    methods = _methods(report)
+    pos = {c: i for i, c in enumerate(levels)}
+    cells = {(r["method"], _level_key(r)): r for r in report["cells"]}
     colors = {"none": "#7f7f7f", "post_encoder": "#1f77b4", "evs": "#ff7f0e",
-              "earlytom": "#d62728"}
+              "earlytom": "#d62728", "vllm_evs": "#2ca02c"}
     labels = {"none": "full tokens", "post_encoder": "post-encoder",
-              "evs": "EVS", "earlytom": "EarlyTom"}
+              "evs": "EVS", "earlytom": "EarlyTom", "vllm_evs": "vLLM EVS"}
+    ratio_styles = {r: ("-", "--", "-.", ":")[i % 4] for i, r in enumerate(
+        dict.fromkeys(m.partition("@")[2] for m in methods if "@" in m))}
+
+    def style(label: str) -> dict[str, Any]:
+        m, _, r = label.partition("@")
+        name = labels.get(m, m) + (f" r={r}" if r else "")
+        return {"color": colors.get(m), "label": name, "linestyle": ratio_styles.get(r, "-")}
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for m in methods:
         xs = [c for c in levels if (m, c) in cells]
-        kw = {"marker": "o", "color": colors.get(m), "label": labels.get(m, m)}
-        axes[0].plot(xs, [cells[(m, c)]["output_tokens_per_s"] or 0 for c in xs], **kw)
-        axes[1].plot(xs, [cells[(m, c)]["ttft_p50_s"] or float("nan") for c in xs], **kw)
-        axes[1].plot(xs, [cells[(m, c)]["ttft_p95_s"] or float("nan") for c in xs],
-                     linestyle=":", color=colors.get(m), marker=".")
-    for other, rows in report["ratios"].items():
-        m = other.removeprefix("earlytom_vs_")
-        xs = [int(c) for c in rows]
-        axes[2].plot(xs, [rows[str(c)]["output_tokens_per_s"] or float("nan") for c in xs],
-                     marker="o", color=colors.get(m), label=f"vs {labels.get(m, m)}")
+        kw = {"marker": "o", **style(m)}
+        axes[0].plot([pos[c] for c in xs], [cells[(m, c)]["output_tokens_per_s"] or 0
+                                            for c in xs], **kw)
+        axes[1].plot([pos[c] for c in xs], [cells[(m, c)]["ttft_p50_s"] or float("nan")
+                                            for c in xs], **kw)
+        axes[1].plot([pos[c] for c in xs], [cells[(m, c)]["ttft_p95_s"] or float("nan")
+                                            for c in xs],
+                     linestyle=":", color=style(m)["color"], marker=".")
+    for name, rows in report["ratios"].items():
+        other = name.partition("_vs_")[2]
+        xs = [c for c in rows if c in pos]
+        axes[2].plot([pos[c] for c in xs], [rows[c]["output_tokens_per_s"] or float("nan")
+                                            for c in xs],
+                     marker="o", **{**style(other), "label": name.replace("_vs_", " / ")})
     axes[2].axhline(1.0, color="black", linewidth=0.8)
     required = report["targets"].get("saturated_vs_full", {}).get("required")
     if required:
@@ -261,10 +314,9 @@ def plot_throughput(report: dict[str, Any], path: Path) -> None:
     titles = ("output tokens/s (higher is better)", "TTFT p50 (solid), p95 (dotted), s",
               "EarlyTom throughput / other")
     for ax, title in zip(axes, titles, strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(levels)
-        ax.set_xticklabels([str(c) for c in levels])
-        ax.set_xlabel("concurrency (requests in flight)")
+        ax.set_xticks(range(len(levels)))
+        ax.set_xticklabels(levels)
+        ax.set_xlabel("load: concurrency (requests in flight) or rate=R requests/s")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -274,7 +326,7 @@ def plot_throughput(report: dict[str, Any], path: Path) -> None:
     s = report["settings"]
     load = report["loadavg"]
     fig.suptitle(f"earlytom-serve, {s['frames']} frames/video, {s['max_tokens']} output tokens, "
-                 f"retain ratio {s['ratio']} ({report['model']['served_name']}; "
+                 f"retain ratio {s.get('ratios', s['ratio'])} ({report['model']['served_name']}; "
                  f"{report['machine']['logical_cpus']} shared CPUs, 1-min load "
                  f"{load['min_1m']:.1f}-{load['max_1m']:.1f} during the run)", fontsize=10)
     fig.tight_layout()

@@ -68,7 +68,31 @@ cell summaries, ratios, targets, every request's raw sample) and ``throughput.pn
 
 Targets checked (reported as met/missed, never asserted): EarlyTom's saturated throughput (the best
 output tokens/s over the concurrency levels) is >= 1.3x full tokens', and EarlyTom's output
-tokens/s is above post_encoder's and evs's at every concurrency level.
+tokens/s is above every same-ratio baseline's at every load level.
+
+Qwen2.5-VL (``--family qwen2_5_vl``)
+    The family's benchmark checkpoint (:func:`benchmarks.harness.family_sizes`), 448 px videos
+    (``Family.video_size``), ratios 0.15 and 0.10 (``--ratios``) and the methods ``none``,
+    ``vllm_evs`` and ``earlytom``. ``vllm_evs`` is vLLM's OWN EVS, which is server-wide: one more
+    ``earlytom-serve`` per ratio runs the stock architecture (``--no-earlytom-arch``) with
+    ``--video-pruning-rate`` = :meth:`benchmarks.harness.Family.evs_rate`, the rate whose EVS count
+    is EarlyTom's at that ratio (checked against ``usage.prompt_tokens``). All servers start at
+    once on the same checkpoint and machine; the cells interleave exactly as across methods, each
+    sent to its own server. With several ratios a cell's ``method`` is ``earlytom@0.15`` etc.
+
+Load modes and metrics (``vllm bench serve``'s names)
+    ``--concurrency`` levels are closed loops (above); ``--request-rate R[,R...]`` adds open-loop
+    levels: ``--rate-requests`` requests per cell sent at Poisson arrival times (gamma intervals
+    with ``--burstiness``, 1 = Poisson, normalised to n / R seconds like vLLM's ``get_request``;
+    seeded with ``--arrival-seed``, the same arrivals for every method at a level; ``inf`` = all
+    at once), optionally capped by ``--max-concurrency``. Every cell carries ``vllm bench
+    serve``'s metrics: ``completed``, ``failed``, ``duration``, ``total_input_tokens``,
+    ``total_output_tokens``, ``request_throughput``, ``request_goodput``, ``output_throughput``,
+    ``total_token_throughput`` and ``mean_/median_/std_/pNN_{ttft,tpot,itl,e2el}_ms``
+    (``--percentiles``, default 50,90,99). TTFT is the first chunk with content (as above); TPOT
+    = (E2E - TTFT) / (output tokens - 1); ITL = the gaps between streamed chunks after it; E2E =
+    send to the last chunk. Goodput (``--goodput ttft:MS tpot:MS e2el:MS``) = requests/s meeting
+    every given SLO (a request with one output token has TPOT 0), as vLLM defines it.
 """
 
 from __future__ import annotations
@@ -76,6 +100,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
+import itertools
 import json
 import math
 import os
@@ -86,7 +112,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +129,25 @@ METHODS = harness.METHODS
 TARGET_SATURATED_SPEEDUP = 1.3
 
 QUICK = {"frames": 4, "concurrency": "1,2", "max_tokens": 4, "warmup": 1, "rounds": 1}
+#: ``--quick`` for Qwen2.5-VL: 12 frames of 112 px (6 slices of 16 tokens) so that EVS's floor of
+#: one frame (16) stays below EarlyTom's budget at r = 0.15 (6 x 3 = 18), one ratio (one EVS
+#: server), concurrency 1 and a Poisson level of 2 requests: both load modes in one run.
+QUICK_FAMILY: dict[str, dict[str, Any]] = {
+    "qwen2_5_vl": {"frames": 12, "video_size": 112, "concurrency": "1", "ratios": "0.15",
+                   "request_rate": "4", "rate_requests": 2}}
 PROMPT = "Describe what happens in this video."
+
+#: vLLM's own post-encoder EVS (``--video-pruning-rate``): server-wide, so its own server.
+VLLM_EVS = "vllm_evs"
+#: The methods and ratios a family's run compares by default.
+FAMILY_METHODS = {"llava_onevision": METHODS, "qwen2_5_vl": ("none", VLLM_EVS, "earlytom")}
+FAMILY_RATIOS = {"llava_onevision": (0.10,), "qwen2_5_vl": (0.15, 0.10)}
+#: VLLM_CPU_KVCACHE_SPACE (GiB) per spawned server. LLaVA-OV's benchmark LLM holds 12 KiB of
+#: float32 KV per token: concurrency 8 x a full 32-frame prompt (~50k tokens) needs ~0.6 GiB.
+#: Qwen2.5-VL's (7 layers, 2 KV heads of 64) 7 KiB: 8 x ~4.2k tokens ~0.25 GiB; 1 GiB each keeps
+#: its three servers within a 24 GiB machine.
+KV_CACHE_GIB = {"llava_onevision": "2", "qwen2_5_vl": "1"}
+SLO_NAMES = ("ttft", "tpot", "e2el")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Throughput and TTFT of none / post_encoder / evs / earlytom under "
         "concurrent load, through one earlytom-serve.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--family", choices=sorted(harness.FAMILIES), default="llava_onevision",
+                   help="model family: its benchmark checkpoint, video size, methods, ratios")
     p.add_argument("--url", help="a running earlytom-serve (default: start one here)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"),
                    help="bearer key for --url [OPENAI_API_KEY]")
@@ -125,21 +171,40 @@ def build_parser() -> argparse.ArgumentParser:
                    "a local copy or the HF id of the served model, for its tokens per frame "
                    "(default: the served model name)")
     p.add_argument("--sizes", metavar="JSON", help="ensure_checkpoint() sizes for the spawned "
-                   "server's benchmark model (default: benchmarks.harness.BENCH_SIZES)")
+                   "server's benchmark model (default: harness.family_sizes)")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="extra earlytom-serve argument (repeatable; shell-split)")
     p.add_argument("--frames", type=int, default=32, help="frames per video (server samples "
                    "this many: --num-frames)")
-    p.add_argument("--video-size", type=int, default=384, help="side of the square videos (px)")
+    p.add_argument("--video-size", type=int, help="side of the square videos (px; default: the "
+                   "family's video_size, 384 for LLaVA-OV, 448 for Qwen2.5-VL)")
     p.add_argument("--video", choices=["scene", "motion"], default="scene",
                    help="synthetic footage: redundant scenes, or high motion")
     p.add_argument("--media", choices=["auto", "file", "data"], default="auto",
                    help="how videos travel: file:// inside the spawned server's media dir, or "
                    "data: URLs (auto: file when spawning, data with --url)")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--ratio", type=float, default=0.10, help="retain ratio of the compressed "
-                   "methods")
-    p.add_argument("--concurrency", default="1,2,4,8", help="comma-separated levels")
+    p.add_argument("--methods", help="comma-separated, of " + ", ".join((*METHODS, VLLM_EVS))
+                   + f" ({VLLM_EVS}: vLLM's own EVS, one more server per ratio; default: the "
+                   "family's: all four library methods for LLaVA-OV, none,vllm_evs,earlytom for "
+                   "Qwen2.5-VL)")
+    p.add_argument("--ratio", type=float, help="retain ratio of the compressed methods (one; "
+                   "default: the family's first, 0.10 for LLaVA-OV)")
+    p.add_argument("--ratios", help="comma-separated retain ratios, each its own cells (default: "
+                   "--ratio, else the family's: 0.10 for LLaVA-OV, 0.15,0.10 for Qwen2.5-VL)")
+    p.add_argument("--concurrency", help="comma-separated closed-loop levels (default 1,2,4,8, "
+                   "none when --request-rate is given)")
+    p.add_argument("--request-rate", help="comma-separated Poisson request rates (requests/s; "
+                   "'inf': all at once), open-loop levels after the concurrency ones")
+    p.add_argument("--rate-requests", type=int, default=16, help="requests per request-rate cell")
+    p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the arrival "
+                   "intervals (1: Poisson; vllm bench serve's --burstiness)")
+    p.add_argument("--arrival-seed", type=int, default=0, help="seed of the arrival times")
+    p.add_argument("--max-concurrency", type=int, help="cap on requests in flight in a "
+                   "request-rate cell (default: none)")
+    p.add_argument("--goodput", nargs="+", metavar="KEY:MS", help="SLOs for request_goodput, "
+                   "e.g. ttft:5000 tpot:500 e2el:20000 (keys: ttft, tpot, e2el; milliseconds)")
+    p.add_argument("--percentiles", default="50,90,99", help="percentiles of TTFT, TPOT, ITL and "
+                   "E2E in the JSON (pNN_ttft_ms, ...)")
     p.add_argument("--requests", default="c+2", help="requests per cell: an integer, or a "
                    "formula in c (the concurrency), e.g. '2c+2'")
     p.add_argument("--rounds", type=int, default=2, help="split each cell over up to this many "
@@ -152,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-timeout", type=float, default=900.0)
     p.add_argument("--seed", type=int, default=1000, help="first video seed")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny checkpoint, "
-                   "4 frames, concurrency 1,2, 1-2 requests per cell, 4 output tokens")
+                   "4 frames, concurrency 1,2, 1-2 requests per cell, 4 output tokens (Qwen2.5-VL: "
+                   "12 frames of 112 px, r 0.15, concurrency 1 and request rate 4)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--plot", default=str(DEFAULT_PLOT), help="PNG path ('' to skip)")
     p.add_argument("--server-log", type=Path, help="where the spawned server logs "
@@ -182,6 +248,111 @@ def parse_requests(spec: str, c: int) -> int:
     return total
 
 
+def parse_goodput(pairs: Sequence[str] | None) -> dict[str, float]:
+    """``["ttft:5000", "e2el:20000"]`` -> ``{"ttft": 5000.0, "e2el": 20000.0}`` (milliseconds;
+    vllm bench serve's ``--goodput`` form and names)."""
+    out: dict[str, float] = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition(":")
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if not sep or name not in SLO_NAMES or ms < 0:
+            raise ValueError(f"--goodput {pair!r}: want KEY:MS with KEY in {', '.join(SLO_NAMES)} "
+                             "and MS >= 0")
+        out[name] = ms
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# What is compared (arms) and at which load (levels)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared setting: a method at a ratio, and the server it goes to."""
+
+    label: str  # the JSON's "method": "earlytom", or "earlytom@0.15" when a run has several ratios
+    method: str  # a library method (per request) or VLLM_EVS (server-wide)
+    ratio: float | None  # None: full tokens
+    server: str  # "main" (the plugin architecture), or the EVS server's key (its label)
+
+    def earlytom_field(self) -> dict[str, Any] | None:
+        """The request's ``earlytom`` body field (None for vLLM's EVS: a stock model)."""
+        if self.method == VLLM_EVS:
+            return None
+        return earlytom_field(self.method, 1.0 if self.ratio is None else self.ratio)
+
+
+def build_arms(methods: Sequence[str], ratios: Sequence[float]) -> list[Arm]:
+    """Full tokens once, then every other method at each ratio (labels ``m@r`` with several)."""
+    tag = len(ratios) > 1
+    arms = [Arm("none", "none", None, "main")] if "none" in methods else []
+    for r in ratios:
+        for m in methods:
+            if m == "none":
+                continue
+            label = f"{m}@{r:.2f}" if tag else m
+            arms.append(Arm(label, m, r, label if m == VLLM_EVS else "main"))
+    return arms
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    """``earlytom@0.15`` -> ("earlytom", "0.15"); ``earlytom`` -> ("earlytom", None)."""
+    method, _, ratio = label.partition("@")
+    return method, ratio or None
+
+
+def rate_level(rate: float) -> str:
+    """The level key of a request rate: ``rate=2``, ``rate=inf``."""
+    return f"rate={rate:g}"
+
+
+def level_rate(level: int | str) -> float | None:
+    """The request rate of a ``rate=R`` level; None for a concurrency level."""
+    if isinstance(level, str) and level.startswith("rate="):
+        return float(level.removeprefix("rate="))
+    return None
+
+
+def parse_levels(concurrency: str | None, request_rate: str | None) -> list[int | str]:
+    """Concurrency levels (ints) then request-rate levels (``rate=R``); concurrency defaults to
+    1,2,4,8 unless only rates are given."""
+    if concurrency is None and not request_rate:
+        concurrency = "1,2,4,8"
+    levels: list[int | str] = [int(x) for x in (concurrency or "").split(",") if x.strip()]
+    for x in (request_rate or "").split(","):
+        if x.strip():
+            rate = float(x)
+            if not rate > 0:
+                raise SystemExit(f"--request-rate {x!r}: must be > 0 (or inf)")
+            levels.append(rate_level(rate))
+    if not levels:
+        raise SystemExit("no load level: give --concurrency and/or --request-rate")
+    return levels
+
+
+def arrival_offsets(n: int, rate: float, seed: int, burstiness: float = 1.0) -> list[float]:
+    """Send times (seconds after the cell starts) of ``n`` requests at ``rate`` requests/s, as
+    ``vllm bench serve``'s ``get_request`` draws them: gamma intervals (shape ``burstiness``,
+    mean 1 / rate; burstiness 1 = a Poisson process) from the first request on, cumulated and
+    rescaled so that the last one is sent at n / rate. ``inf``: all at 0."""
+    if n < 1:
+        return []
+    if math.isinf(rate):
+        return [0.0] * n
+    if not rate > 0 or not burstiness > 0:
+        raise ValueError("rate and burstiness must be > 0")
+    import numpy as np
+
+    gaps = np.random.default_rng(seed).gamma(shape=burstiness, scale=1.0 / (rate * burstiness),
+                                             size=n)
+    times = np.cumsum(gaps)
+    times *= (n / rate) / times[-1]
+    return [float(t) for t in times]
+
+
 # --------------------------------------------------------------------------------------------------
 # Videos
 
@@ -201,10 +372,11 @@ def prepare_videos(n: int, args: argparse.Namespace, media_dir: Path, *, use_fil
     out = []
     for i in tqdm(range(n), desc="videos", disable=not progress, leave=False):
         seed = args.seed + i
-        path = media_dir / f"bench-{args.video}-{args.frames}f-{args.video_size}-{seed}.mp4"
+        fps = args.fam.video_fps
+        path = media_dir / f"bench-{args.video}-{args.frames}f-{args.video_size}-{fps}fps-{seed}.mp4"
         if not path.is_file():
             harness.write_mp4(path, harness.synthetic_video(
-                args.video, args.frames, size=args.video_size, seed=seed))
+                args.video, args.frames, size=args.video_size, seed=seed), fps=fps)
         if use_file:
             url = f"file://{path.resolve()}"
         else:
@@ -218,17 +390,37 @@ def prepare_videos(n: int, args: argparse.Namespace, media_dir: Path, *, use_fil
 
 
 def start_server(args: argparse.Namespace, media_dir: Path, checkpoint: str, per_frame: int,
-                 log: Path) -> harness.Server:
-    max_len = harness.expected_rows("none", None, args.frames, per_frame) + 256 + args.max_tokens
+                 log: Path, extra: Sequence[str] = ()) -> harness.Server:
+    """One ``earlytom-serve`` on ``checkpoint`` (``extra``: more earlytom-serve arguments, e.g.
+    the stock architecture with vLLM's EVS)."""
+    max_len = (args.fam.expected_rows("none", None, args.frames, per_frame) + 256
+               + args.max_tokens)
     serve_args = ["--media-dir", str(media_dir), "--num-frames", str(args.frames),
                   "--max-model-len", str(max_len), "--health-interval", "0.5",
                   "--log-level", "warning", "--model", checkpoint,
-                  "--served-model-name", "earlytom-bench"]
+                  "--served-model-name", "earlytom-bench", *extra]
     for chunk in args.serve_arg:
         serve_args += shlex.split(chunk)
-    # Concurrency 8 x a full 32-frame prompt is ~50k tokens of KV: give vLLM room for them.
+    # Room for concurrency 8 x a full prompt in the KV cache (KV_CACHE_GIB)
     return harness.launch_serve(serve_args, log, env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get(
-        "VLLM_CPU_KVCACHE_SPACE", "2")})
+        "VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB[args.fam.name])})
+
+
+def evs_servers(args: argparse.Namespace, per_frame: int) -> dict[str, dict[str, Any]]:
+    """Server key -> what the vLLM-EVS server for each ratio runs: the stock architecture and
+    the ``--video-pruning-rate`` whose EVS count is EarlyTom's at that ratio."""
+    out = {}
+    for arm in args.arms:
+        if arm.method == VLLM_EVS and arm.server not in out:
+            q = args.fam.evs_rate(args.frames, per_frame, arm.ratio)
+            total = args.fam.units(args.frames) * per_frame
+            out[arm.server] = {
+                "ratio": arm.ratio, "video_pruning_rate": q, "arch": args.fam.stock_arch,
+                "evs_tokens": harness.evs_tokens(total, per_frame, q),
+                "earlytom_tokens": args.fam.expected_rows("earlytom", arm.ratio, args.frames,
+                                                          per_frame),
+                "serve_args": ["--no-earlytom-arch", f"--backend-arg=--video-pruning-rate={q}"]}
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,8 +435,8 @@ def earlytom_field(method: str, ratio: float) -> dict[str, Any]:
 
 @dataclass
 class Sample:
-    method: str
-    concurrency: int
+    method: str  # the arm's label
+    concurrency: int | None  # None in a request-rate cell
     round: int
     index: int
     seed: int
@@ -257,9 +449,12 @@ class Sample:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    level: str = ""  # the cell's level key: "4" (concurrency) or "rate=2"
+    scheduled_s: float | None = None  # request-rate cells: the arrival time in the cell
+    itl_s: list[float] = field(default_factory=list)  # gaps between chunks after the first token
 
 
-async def one_request(client: Any, model: str, video: Video, method: str, args: argparse.Namespace,
+async def one_request(client: Any, model: str, video: Video, arm: Arm, args: argparse.Namespace,
                       sample: Sample, t_run: float) -> Sample:
     content = [{"type": "video_url", "video_url": {"url": video.url}},
                {"type": "text", "text": PROMPT}]
@@ -267,15 +462,20 @@ async def one_request(client: Any, model: str, video: Video, method: str, args: 
     sample.start_s = t0 - t_run
     first_any: float | None = None
     first_content: float | None = None
+    chunks: list[float] = []  # times of the chunks with choices (vllm bench serve's ITL basis)
+    extra: dict[str, Any] = {"ignore_eos": True}
+    if (field_ := arm.earlytom_field()) is not None:
+        extra["earlytom"] = field_
     try:
         stream = await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": content}],
             max_tokens=args.max_tokens, temperature=0.0, stream=True,
             stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True, "earlytom": earlytom_field(method, args.ratio)})
+            extra_body=extra)
         async for chunk in stream:
             now = time.perf_counter()
             if chunk.choices:
+                chunks.append(now)
                 choice = chunk.choices[0]
                 if first_any is None and (choice.delta.content is not None
                                           or choice.finish_reason):
@@ -293,6 +493,9 @@ async def one_request(client: Any, model: str, video: Video, method: str, args: 
             sample.ttft_s, sample.ttft_source = first_content - t0, "first_content"
         elif first_any is not None:  # random weights may decode to empty strings only
             sample.ttft_s, sample.ttft_source = first_any - t0, "first_chunk"
+        if sample.ttft_s is not None:
+            after = [t for t in chunks if t >= t0 + sample.ttft_s]
+            sample.itl_s = [round(b - a, 6) for a, b in itertools.pairwise(after)]
         sample.ok = sample.completion_tokens is not None
         if not sample.ok:
             sample.error = "no usage in the stream"
@@ -302,29 +505,52 @@ async def one_request(client: Any, model: str, video: Video, method: str, args: 
     return sample
 
 
-async def run_batch(client: Any, model: str, videos: list[Video], method: str, c: int,
-                    rnd: int, args: argparse.Namespace, t_run: float, pbar: Any
-                    ) -> tuple[list[Sample], float]:
-    """Closed loop: ``c`` workers share the batch's requests. Returns (samples, wall seconds)."""
-    queue: asyncio.Queue[tuple[int, Video]] = asyncio.Queue()
-    for i, v in enumerate(videos):
-        queue.put_nowait((i, v))
+async def run_batch(client: Any, model: str, videos: list[Video], arm: Arm, level: int | str,
+                    rnd: int, args: argparse.Namespace, t_run: float, pbar: Any,
+                    arrivals: Sequence[float] | None = None) -> tuple[list[Sample], float]:
+    """One batch of a cell. Concurrency level c: closed loop, ``c`` workers share the requests.
+    Request-rate level: request i is sent ``arrivals[i]`` s after the start (open loop, at most
+    ``--max-concurrency`` in flight). Returns (samples, wall seconds: first send to last end)."""
     samples: list[Sample] = []
+    rate = level_rate(level)
+    c = None if rate is not None else int(level)
 
-    async def worker() -> None:
-        while True:
-            try:
-                i, v = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            s = Sample(method=method, concurrency=c, round=rnd, index=i, seed=v.seed, start_s=0.0)
-            samples.append(await one_request(client, model, v, method, args, s, t_run))
-            if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix_str(f"c={c} {method}", refresh=False)
+    async def send(i: int, v: Video, at: float | None = None) -> None:
+        s = Sample(method=arm.label, concurrency=c, round=rnd, index=i, seed=v.seed, start_s=0.0,
+                   level=str(level), scheduled_s=None if at is None else round(at, 4))
+        samples.append(await one_request(client, model, v, arm, args, s, t_run))
+        if pbar is not None:
+            pbar.update(1)
+            pbar.set_postfix_str(f"{level} {arm.label}", refresh=False)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(c, len(videos)))))
+    if rate is None:
+        queue: asyncio.Queue[tuple[int, Video]] = asyncio.Queue()
+        for i, v in enumerate(videos):
+            queue.put_nowait((i, v))
+
+        async def worker() -> None:
+            while True:
+                try:
+                    i, v = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                await send(i, v)
+
+        await asyncio.gather(*(worker() for _ in range(min(c or 1, len(videos)))))
+    else:
+        cap = asyncio.Semaphore(args.max_concurrency or len(videos) or 1)
+
+        async def arrive(i: int, v: Video, at: float) -> None:
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with cap:
+                await send(i, v, at)
+
+        assert arrivals is not None and len(arrivals) == len(videos)
+        await asyncio.gather(*(arrive(i, v, at) for i, (v, at) in
+                               enumerate(zip(videos, arrivals, strict=True))))
     return samples, time.perf_counter() - t0
 
 
@@ -333,12 +559,17 @@ def split_even(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def schedule(methods: Sequence[str], levels: Sequence[int], args: argparse.Namespace
-             ) -> list[tuple[int, int, str, int]]:
-    """(concurrency, round, method, requests) in run order."""
-    plan = []
-    for k, c in enumerate(levels):
+def schedule(methods: Sequence[str], levels: Sequence[int | str], args: argparse.Namespace
+             ) -> list[tuple[int | str, int, str, int]]:
+    """(level, round, method, requests) in run order (``methods``: the arms' labels). A
+    request-rate level is one round of ``--rate-requests`` per method (one arrival stream)."""
+    plan: list[tuple[int | str, int, str, int]] = []
+    for k, level in enumerate(levels):
         rot = list(methods[k % len(methods):]) + list(methods[:k % len(methods)])
+        if level_rate(level) is not None:
+            plan += [(level, 0, m, max(1, args.rate_requests)) for m in rot]
+            continue
+        c = int(level)
         n = parse_requests(args.requests, c)
         # a round never holds fewer requests than the concurrency it is meant to reach
         per_round = split_even(n, max(1, min(args.rounds, n // c)))
@@ -365,7 +596,63 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def summarize_cell(samples: list[Sample], wall: float, method: str, c: int,
+def percentile_word(p: float) -> str:
+    """vllm bench serve's spelling of a percentile in a key: 99 -> "99", 99.9 -> "99.9"."""
+    return str(int(p)) if int(p) == p else str(p)
+
+
+def serve_metrics(samples: Sequence[Sample], duration: float, slos: dict[str, float] | None = None,
+                  percentiles: Sequence[float] = (50, 90, 99)) -> dict[str, Any]:
+    """``vllm bench serve``'s metrics of one cell (``calculate_metrics``, same names and
+    definitions): counts, throughputs over ``duration`` seconds, and mean / median / std /
+    ``pNN`` of TTFT, TPOT (E2E - TTFT over output tokens - 1, for requests with more than one),
+    ITL (every chunk gap) and E2E in milliseconds (None without values). ``request_goodput``:
+    ok requests meeting every SLO in ``slos`` (ms; a one-token request's TPOT counts as 0) per
+    second; None without SLOs."""
+    ok = [s for s in samples if s.ok]
+    ttfts, tpots, e2els, itls = [], [], [], []
+    good = 0
+    for s in ok:
+        tpot = 0.0
+        if (s.completion_tokens or 0) > 1 and s.ttft_s is not None and s.latency_s is not None:
+            tpot = (s.latency_s - s.ttft_s) / (s.completion_tokens - 1)
+            tpots.append(tpot)
+        if s.ttft_s is not None:
+            ttfts.append(s.ttft_s)
+        if s.latency_s is not None:
+            e2els.append(s.latency_s)
+        itls += s.itl_s
+        values = {"ttft": s.ttft_s, "tpot": tpot, "e2el": s.latency_s}
+        if slos and all(values[k] is not None and values[k] * 1000.0 <= v
+                        for k, v in slos.items()):
+            good += 1
+    n_in = sum(s.prompt_tokens or 0 for s in ok)
+    n_out = sum(s.completion_tokens or 0 for s in ok)
+
+    def per_s(x: float) -> float | None:
+        return round(x / duration, 4) if duration > 0 else None
+
+    out: dict[str, Any] = {
+        "completed": len(ok), "failed": len(samples) - len(ok), "duration": round(duration, 4),
+        "total_input_tokens": n_in, "total_output_tokens": n_out,
+        "request_throughput": per_s(len(ok)),
+        "request_goodput": per_s(good) if slos else None,
+        "output_throughput": per_s(n_out), "total_token_throughput": per_s(n_in + n_out)}
+    for name, xs in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+        ms = [x * 1000.0 for x in xs]
+
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 3)
+
+        out[f"mean_{name}_ms"] = r(statistics.fmean(ms)) if ms else None
+        out[f"median_{name}_ms"] = r(percentile(ms, 50))
+        out[f"std_{name}_ms"] = r(statistics.pstdev(ms)) if ms else None
+        for q in percentiles:
+            out[f"p{percentile_word(q)}_{name}_ms"] = r(percentile(ms, q))
+    return out
+
+
+def summarize_cell(samples: list[Sample], wall: float, method: str, level: int | str,
                    loads: list[list[float]], args: argparse.Namespace, visual_tokens: int
                    ) -> dict[str, Any]:
     ok = [s for s in samples if s.ok]
@@ -373,12 +660,18 @@ def summarize_cell(samples: list[Sample], wall: float, method: str, c: int,
     lats = [s.latency_s for s in ok if s.latency_s is not None]
     out_tokens = sum(s.completion_tokens or 0 for s in ok)
     prompts = sorted({s.prompt_tokens for s in ok if s.prompt_tokens is not None})
+    rate = level_rate(level)
+    arm = next((a for a in getattr(args, "arms", ()) if a.label == method), None)
 
     def r3(x: float | None) -> float | None:
         return None if x is None else round(x, 4)
 
     return {
-        "method": method, "concurrency": c, "requests": len(samples), "ok": len(ok),
+        "method": method, "concurrency": None if rate is not None else level,
+        "request_rate": None if rate is None else ("inf" if math.isinf(rate) else rate),
+        "level": str(level), "base_method": arm.method if arm else split_label(method)[0],
+        "ratio": arm.ratio if arm else None, "server": arm.server if arm else "main",
+        "requests": len(samples), "ok": len(ok),
         "errors": len(samples) - len(ok), "wall_s": round(wall, 3),
         "requests_per_s": r3(len(ok) / wall) if wall > 0 else None,
         "output_tokens_per_s": r3(out_tokens / wall) if wall > 0 else None,
@@ -390,69 +683,90 @@ def summarize_cell(samples: list[Sample], wall: float, method: str, c: int,
         "visual_tokens_expected": visual_tokens,
         "all_max_tokens": all(s.completion_tokens == args.max_tokens for s in ok),
         "loadavg_1m": [round(x[0], 2) for x in loads],
+        **serve_metrics(samples, wall, getattr(args, "slos", None),
+                        getattr(args, "percentile_list", (50, 90, 99))),
     }
 
 
-def ratios(cells: dict[tuple[str, int], dict[str, Any]], levels: Sequence[int],
+def compared(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """(EarlyTom label, other label) pairs to compare: every EarlyTom arm against full tokens
+    and against each other method at its own ratio."""
+    pairs = []
+    for e in methods:
+        em, er = split_label(e)
+        if em != "earlytom":
+            continue
+        for o in methods:
+            om, orr = split_label(o)
+            if o != e and (om == "none" or (om != "earlytom" and orr == er)):
+                pairs.append((e, o))
+    return pairs
+
+
+def ratios(cells: dict[tuple[str, int | str], dict[str, Any]], levels: Sequence[int | str],
            methods: Sequence[str]) -> dict[str, Any]:
-    """EarlyTom / other, per concurrency: throughput ratios (>1 better) and TTFT speedups
-    (other's p50 / EarlyTom's p50, >1 better)."""
+    """EarlyTom / other (:func:`compared`), per level: throughput ratios (>1 better) and TTFT
+    speedups (other's p50 / EarlyTom's p50, >1 better). Keys ``earlytom_vs_none`` (one ratio)
+    or ``earlytom@0.15_vs_vllm_evs@0.15``."""
     out: dict[str, Any] = {}
-    if "earlytom" not in methods:
-        return out
-    for other in (m for m in methods if m != "earlytom"):
+
+    def div(a: Any, b: Any) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    for e_label, other in compared(methods):
         rows = {}
         for c in levels:
-            e, o = cells.get(("earlytom", c)), cells.get((other, c))
+            e, o = cells.get((e_label, c)), cells.get((other, c))
             if not e or not o:
                 continue
-
-            def div(a: Any, b: Any) -> float | None:
-                return round(a / b, 3) if a and b else None
-
             rows[str(c)] = {
                 "requests_per_s": div(e["requests_per_s"], o["requests_per_s"]),
                 "output_tokens_per_s": div(e["output_tokens_per_s"], o["output_tokens_per_s"]),
                 "ttft_p50_speedup": div(o["ttft_p50_s"], e["ttft_p50_s"]),
                 "ttft_p95_speedup": div(o["ttft_p95_s"], e["ttft_p95_s"]),
             }
-        out[f"earlytom_vs_{other}"] = rows
+        out[f"{e_label}_vs_{other}"] = rows
     return out
 
 
-def saturated(cells: dict[tuple[str, int], dict[str, Any]], method: str,
-              levels: Sequence[int]) -> dict[str, Any] | None:
+def saturated(cells: dict[tuple[str, int | str], dict[str, Any]], method: str,
+              levels: Sequence[int | str]) -> dict[str, Any] | None:
     rows = [cells[(method, c)] for c in levels if (method, c) in cells
             and cells[(method, c)]["output_tokens_per_s"]]
     if not rows:
         return None
     best = max(rows, key=lambda r: r["output_tokens_per_s"])
     return {"output_tokens_per_s": best["output_tokens_per_s"],
-            "requests_per_s": best["requests_per_s"], "at_concurrency": best["concurrency"]}
+            "requests_per_s": best["requests_per_s"], "at_concurrency": best["concurrency"],
+            "at_level": best.get("level", str(best["concurrency"]))}
 
 
-def targets(cells: dict[tuple[str, int], dict[str, Any]], levels: Sequence[int],
+def targets(cells: dict[tuple[str, int | str], dict[str, Any]], levels: Sequence[int | str],
             methods: Sequence[str]) -> dict[str, Any]:
+    """Per EarlyTom arm: ``saturated_vs_full`` (>= 1.3x full tokens' best output tokens/s) and
+    ``above_<other>_every_level`` against each same-ratio baseline (names prefixed with the
+    arm's label where a run has several ratios, e.g. ``earlytom@0.15_above_vllm_evs@0.15_...``).
+    Reported, never asserted."""
     out: dict[str, Any] = {}
     sat = {m: saturated(cells, m, levels) for m in methods}
-    e = sat.get("earlytom")
-    if e and sat.get("none"):
-        x = e["output_tokens_per_s"] / sat["none"]["output_tokens_per_s"]
-        out["saturated_vs_full"] = {
-            "target": f">= {TARGET_SATURATED_SPEEDUP}x", "required": TARGET_SATURATED_SPEEDUP,
-            "value": round(x, 3),
-            "met": x >= TARGET_SATURATED_SPEEDUP,
-            "earlytom": e, "none": sat["none"]}
-    for other in ("post_encoder", "evs"):
-        if other not in methods or "earlytom" not in methods:
+    for e_label, other in compared(methods):
+        prefix = "" if e_label == "earlytom" else f"{e_label}_"
+        e = sat.get(e_label)
+        if split_label(other)[0] == "none":
+            if e and sat.get(other):
+                x = e["output_tokens_per_s"] / sat[other]["output_tokens_per_s"]
+                out[f"{prefix}saturated_vs_full"] = {
+                    "target": f">= {TARGET_SATURATED_SPEEDUP}x",
+                    "required": TARGET_SATURATED_SPEEDUP, "value": round(x, 3),
+                    "met": x >= TARGET_SATURATED_SPEEDUP, "earlytom": e, "none": sat[other]}
             continue
         per = {}
         for c in levels:
-            a, b = cells.get(("earlytom", c)), cells.get((other, c))
+            a, b = cells.get((e_label, c)), cells.get((other, c))
             if a and b and a["output_tokens_per_s"] and b["output_tokens_per_s"]:
                 per[str(c)] = round(a["output_tokens_per_s"] / b["output_tokens_per_s"], 3)
-        out[f"above_{other}_every_level"] = {
-            "target": "> 1.0x at every concurrency", "ratios": per,
+        out[f"{prefix}above_{other}_every_level"] = {
+            "target": "> 1.0x at every load level", "ratios": per,
             "met": bool(per) and all(v > 1.0 for v in per.values()),
             "missed_at": [c for c, v in per.items() if v <= 1.0]}
     out["saturated"] = sat
@@ -463,106 +777,158 @@ def targets(cells: dict[tuple[str, int], dict[str, Any]], levels: Sequence[int],
 # Main
 
 
-async def run_load(args: argparse.Namespace, url: str, model: str, videos: list[Video],
-                   levels: list[int], methods: list[str], t_run: float
+async def run_load(args: argparse.Namespace, urls: dict[str, str], model: str,
+                   videos: list[Video], levels: list[int | str], t_run: float
                    ) -> tuple[list[Sample], list[dict[str, Any]], list[Sample]]:
     import openai
     from tqdm import tqdm
 
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=args.api_key, max_retries=0,
-                                timeout=args.timeout)
+    clients = {key: openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=args.api_key,
+                                       max_retries=0, timeout=args.timeout)
+               for key, url in urls.items()}
+    arms = {a.label: a for a in args.arms}
     progress = not args.no_progress
     pool = iter(videos)
     warm: list[Sample] = []
     try:
-        # warm-up: each method once (or --warmup times), sequentially, untimed
-        wbar = tqdm(total=args.warmup * len(methods), desc="warm-up", disable=not progress)
+        # warm-up: each arm once (or --warmup times), sequentially, untimed
+        wbar = tqdm(total=args.warmup * len(arms), desc="warm-up", disable=not progress)
         for _ in range(args.warmup):
-            for m in methods:
-                s = Sample(method=m, concurrency=1, round=-1, index=0, seed=0, start_s=0.0)
+            for arm in arms.values():
                 v = next(pool)
-                s.seed = v.seed
-                warm.append(await one_request(client, model, v, m, args, s, t_run))
+                s = Sample(method=arm.label, concurrency=1, round=-1, index=0, seed=v.seed,
+                           start_s=0.0, level="warmup")
+                warm.append(await one_request(clients[arm.server], model, v, arm, args, s,
+                                              t_run))
                 wbar.update(1)
         wbar.close()
         failed = [s for s in warm if not s.ok]
         if failed:
             raise RuntimeError(f"warm-up request failed ({failed[0].method}): {failed[0].error}")
 
-        plan = schedule(methods, levels, args)
+        plan = schedule(list(arms), levels, args)
         total = sum(n for *_, n in plan)
         pbar = tqdm(total=total, desc="requests", disable=not progress)
         samples: list[Sample] = []
         batches: list[dict[str, Any]] = []
-        for c, rnd, m, n in plan:
+        for level, rnd, m, n in plan:
+            arm = arms[m]
+            rate = level_rate(level)
+            arrivals = None if rate is None else arrival_offsets(
+                n, rate, args.arrival_seed + levels.index(level), args.burstiness)
             load_before = harness.loadavg()
             mark = harness.cpu_mark()
-            got, wall = await run_batch(client, model, [next(pool) for _ in range(n)], m, c, rnd,
-                                        args, t_run, pbar)
+            got, wall = await run_batch(clients[arm.server], model, [next(pool) for _ in range(n)],
+                                        arm, level, rnd, args, t_run, pbar, arrivals)
             samples += got
-            batches.append({"method": m, "concurrency": c, "round": rnd, "requests": n,
+            batches.append({"method": m, "concurrency": None if rate is not None else level,
+                            "level": str(level), "round": rnd, "requests": n,
                             "wall_s": round(wall, 3), "loadavg_before": load_before,
                             "loadavg_after": harness.loadavg(), **harness.cpu_since(mark)})
         pbar.close()
         return samples, batches, warm
     finally:
-        await client.close()
+        for client in clients.values():
+            await client.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.fam = harness.FAMILIES[args.family]
     if args.quick:
-        defaults = build_parser().parse_args([])
-        for key, value in QUICK.items():
+        defaults = parser.parse_args([])
+        for key, value in {**QUICK, **QUICK_FAMILY.get(args.family, {})}.items():
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
         if args.requests == defaults.requests:
             args.requests = "c"  # 1 request at c=1, 2 at c=2
-    args.levels = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
-    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.video_size is None:
+        args.video_size = args.fam.video_size
+    elif args.video_size != args.fam.video_size:  # the family's counts at this size
+        args.fam = dataclasses.replace(args.fam, video_size=args.video_size)
+    args.levels = parse_levels(args.concurrency, args.request_rate)
+    args.concurrency_levels = [x for x in args.levels if level_rate(x) is None]
+    methods = args.methods.split(",") if args.methods else FAMILY_METHODS[args.family]
+    args.method_list = [m.strip() for m in methods if m.strip()]
     for m in args.method_list:
-        if m not in METHODS:
-            raise SystemExit(f"unknown method {m!r} (choose from {', '.join(METHODS)})")
-    if not 0 < args.ratio <= 1:
-        raise SystemExit("--ratio must be in (0, 1]")
+        if m not in (*METHODS, VLLM_EVS):
+            raise SystemExit(f"unknown method {m!r} (choose from "
+                             f"{', '.join((*METHODS, VLLM_EVS))})")
+    if VLLM_EVS in args.method_list and args.family != "qwen2_5_vl":
+        raise SystemExit(f"{VLLM_EVS}: vLLM's EVS serves the Qwen2.5-VL family only here")
+    if args.ratios:
+        args.ratio_list = [float(x) for x in args.ratios.split(",") if x.strip()]
+    elif args.ratio is not None:
+        args.ratio_list = [args.ratio]
+    else:
+        args.ratio_list = list(FAMILY_RATIOS[args.family])
+    if not args.ratio_list or not all(0 < r <= 1 for r in args.ratio_list):
+        raise SystemExit("--ratio / --ratios must be in (0, 1]")
+    args.ratio = args.ratio_list[0]
+    args.arms = build_arms(args.method_list, args.ratio_list)
+    if args.url and any(a.method == VLLM_EVS for a in args.arms):
+        raise SystemExit(f"{VLLM_EVS} needs its own server per ratio: run without --url")
+    try:
+        args.slos = parse_goodput(args.goodput)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    args.percentile_list = [float(x) for x in args.percentiles.split(",") if x.strip()]
     return args
 
 
 def spawn(args: argparse.Namespace, media_dir: Path, log: Path
-          ) -> tuple[harness.Server, dict[str, Any], int]:
-    """Start earlytom-serve on the benchmark checkpoint (or ``--checkpoint``): (server, the
-    report's model facts, tokens per frame)."""
+          ) -> tuple[dict[str, harness.Server], dict[str, Any], int, dict[str, dict[str, Any]]]:
+    """Start every server at once on the family's benchmark checkpoint (or ``--checkpoint``):
+    the plugin architecture ("main", if an arm needs it) and one stock-architecture server with
+    vLLM's EVS per ratio. Returns (servers by key, the report's model facts, tokens per frame,
+    the EVS servers' settings)."""
+    fam = args.fam
     sizes: dict[str, Any] | None = None
     if args.checkpoint:
         checkpoint, sizes_from = args.checkpoint, "--checkpoint"
     else:
         if args.sizes:
             sizes, sizes_from = json.loads(args.sizes), "--sizes"
-        elif args.quick:
-            sizes, sizes_from = dict(harness.TINY_SIZES), "benchmarks.harness.TINY_SIZES"
         else:
-            sizes, sizes_from = dict(harness.BENCH_SIZES), "benchmarks.harness.BENCH_SIZES"
+            sizes = harness.family_sizes(fam, quick=args.quick)
+            if fam.name == "llava_onevision":
+                sizes_from = "benchmarks.harness." + ("TINY_SIZES" if args.quick else "BENCH_SIZES")
+            else:
+                sizes_from = f"benchmarks.harness.family_sizes({fam.name}, quick={args.quick})"
         t = time.perf_counter()
-        checkpoint, sizes = harness.checkpoint(sizes)
+        checkpoint, sizes = fam.checkpoint(sizes)
         print(f"benchmark checkpoint {checkpoint} ({time.perf_counter() - t:.1f} s)",
               file=sys.stderr)
-    per_frame = harness.model_tokens_per_frame(checkpoint)
-    server = start_server(args, media_dir, checkpoint, per_frame, log)
-    print(f"started earlytom-serve on {server.url} (log: {log})", file=sys.stderr)
+    per_frame = fam.model_tokens_per_frame(checkpoint)
+    evs = evs_servers(args, per_frame)
+    servers: dict[str, harness.Server] = {}
+    if any(a.server == "main" for a in args.arms):
+        servers["main"] = start_server(args, media_dir, checkpoint, per_frame, log)
+    for key, spec in evs.items():
+        servers[key] = start_server(args, media_dir, checkpoint, per_frame,
+                                    log.with_name(f"{log.stem}-{key}{log.suffix}"),
+                                    spec["serve_args"])
+    for key, server in servers.items():
+        print(f"started earlytom-serve {key} on {server.url} (log: {server.log})",
+              file=sys.stderr)
     model = {"checkpoint": checkpoint, "sizes": sizes, "sizes_from": sizes_from,
-             "dtype": "float32 (earlytom-serve's CPU default)"}
-    return server, model, per_frame
+             "dtype": "float32 (earlytom-serve's CPU default)", "family": fam.name,
+             "arch": fam.arch, "stock_arch": fam.stock_arch,
+             "desc": fam.checkpoint_desc(sizes) if sizes is not None else None}
+    return servers, model, per_frame, evs
 
 
 def summarize_cells(samples: list[Sample], batches: list[dict[str, Any]],
                     args: argparse.Namespace, visual_tokens: dict[str, int]
-                    ) -> dict[tuple[str, int], dict[str, Any]]:
-    """(method, concurrency) -> the cell's summary, with the wall-weighted foreign cores."""
-    cells: dict[tuple[str, int], dict[str, Any]] = {}
+                    ) -> dict[tuple[str, int | str], dict[str, Any]]:
+    """(method, level) -> the cell's summary, with the wall-weighted foreign cores."""
+    cells: dict[tuple[str, int | str], dict[str, Any]] = {}
     for c in args.levels:
-        for m in args.method_list:
-            got = [s for s in samples if s.method == m and s.concurrency == c]
-            bs = [b for b in batches if b["method"] == m and b["concurrency"] == c]
+        for arm in args.arms:
+            m = arm.label
+            got = [s for s in samples if s.method == m and s.level == str(c)]
+            bs = [b for b in batches if b["method"] == m and b["level"] == str(c)]
             wall = sum(b["wall_s"] for b in bs)
             loads = [b["loadavg_before"] for b in bs] + [bs[-1]["loadavg_after"]] if bs else []
             cells[(m, c)] = summarize_cell(got, wall, m, c, loads, args, visual_tokens[m])
@@ -573,12 +939,20 @@ def summarize_cells(samples: list[Sample], batches: list[dict[str, Any]],
     return cells
 
 
+def expected_visual_tokens(args: argparse.Namespace, per_frame: int,
+                           evs: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Each arm's visual tokens per video: the library's count, or vLLM EVS's kept count."""
+    return {a.label: evs[a.server]["evs_tokens"] if a.method == VLLM_EVS else
+            args.fam.expected_rows(a.method, a.ratio, args.frames, per_frame) for a in args.arms}
+
+
 def budget_checks(samples: list[Sample], args: argparse.Namespace,
                   visual_tokens: dict[str, int]) -> dict[str, Any]:
-    """Errors, ignore_eos, and that each method saved exactly the library's count of visual
-    tokens against full tokens (measured from ``usage.prompt_tokens``)."""
+    """Errors, ignore_eos, and that each method saved exactly the expected count of visual
+    tokens against full tokens (measured from ``usage.prompt_tokens``); vLLM's EVS must keep
+    exactly EarlyTom's count at its ratio."""
     ok = [s for s in samples if s.ok]
-    methods = args.method_list
+    methods = [a.label for a in args.arms]
     prompt_by_method = {m: sorted({s.prompt_tokens for s in ok if s.method == m}) for m in methods}
     checks: dict[str, Any] = {
         "errors": sum(1 for s in samples if not s.ok),
@@ -593,13 +967,25 @@ def budget_checks(samples: list[Sample], args: argparse.Namespace,
         checks["visual_tokens_saved"] = diffs
         checks["budget_matches"] = all(d["measured"] == d["expected"] for d in diffs.values()) \
             and all(len(v) == 1 for v in prompt_by_method.values() if v)
+    same = {}
+    for a in args.arms:
+        twin = next((b.label for b in args.arms if b.method == "earlytom" and b.ratio == a.ratio),
+                    None)
+        if a.method == VLLM_EVS and twin:
+            same[a.label] = {"vllm_evs": prompt_by_method.get(a.label),
+                             "earlytom": prompt_by_method.get(twin),
+                             "expected_equal": visual_tokens[a.label] == visual_tokens[twin]}
+            same[a.label]["equal"] = bool(prompt_by_method.get(a.label)) and \
+                prompt_by_method.get(a.label) == prompt_by_method.get(twin)
+    if same:
+        checks["vllm_evs_same_prompt_as_earlytom"] = same
     return checks
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    levels, methods = args.levels, args.method_list
-    n_videos = args.warmup * len(methods) + sum(n for *_, n in schedule(methods, levels, args))
+    levels, labels = args.levels, [a.label for a in args.arms]
+    n_videos = args.warmup * len(labels) + sum(n for *_, n in schedule(labels, levels, args))
     use_file = args.media == "file" or (args.media == "auto" and not args.url)
     if use_file and args.url:
         print("note: --media file with --url needs the server's media dir to be "
@@ -609,57 +995,79 @@ def main(argv: list[str] | None = None) -> int:
     t_run = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="earlytom-throughput-"))
     media_dir = workdir / "media"
-    server: harness.Server | None = None
+    servers: dict[str, harness.Server] = {}
+    evs: dict[str, dict[str, Any]] = {}
     try:
         if args.url:
-            server = harness.Server(url=args.url.rstrip("/"))
+            servers = {"main": harness.Server(url=args.url.rstrip("/"))}
             model_info: dict[str, Any] = {"checkpoint": args.checkpoint, "sizes": None,
-                                          "sizes_from": None, "dtype": "server's"}
+                                          "sizes_from": None, "dtype": "server's",
+                                          "family": args.fam.name, "arch": args.fam.arch}
         else:
-            server, model_info, per_frame = spawn(
+            servers, model_info, per_frame, evs = spawn(
                 args, media_dir, args.server_log or workdir / "earlytom-serve.log")
-        # the videos are written while the server starts
+        # the videos are written while the servers start
         t = time.perf_counter()
         videos = prepare_videos(n_videos, args, media_dir, use_file=use_file,
                                 progress=not args.no_progress)
         video_s = time.perf_counter() - t
         t = time.perf_counter()
-        harness.wait_ready(server, args.startup_timeout, args.api_key)
+        for server in servers.values():
+            harness.wait_ready(server, args.startup_timeout, args.api_key)
         ready_s = time.perf_counter() - t
-        model = args.model or harness.served_model(server.url, args.api_key)
+        first = next(iter(servers.values()))
+        model = args.model or harness.served_model(first.url, args.api_key)
         if args.url:
-            per_frame = harness.model_tokens_per_frame(args.checkpoint or model)
-        print(f"server ready; model {model!r}; {len(videos)} videos ({video_s:.1f} s)",
-              file=sys.stderr)
+            per_frame = args.fam.model_tokens_per_frame(args.checkpoint or model)
+        print(f"{len(servers)} server(s) ready; model {model!r}; {len(videos)} videos "
+              f"({video_s:.1f} s)", file=sys.stderr)
         samples, batches, warm = asyncio.run(
-            run_load(args, server.url, model, videos, levels, methods, t_run))
+            run_load(args, {k: v.url for k, v in servers.items()}, model, videos, levels, t_run))
     finally:
-        if server is not None:
+        for server in servers.values():
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     load_end = harness.loadavg()
 
-    visual_tokens = {m: harness.expected_rows(m, args.ratio, args.frames, per_frame)
-                     for m in methods}
+    visual_tokens = expected_visual_tokens(args, per_frame, evs)
     cells = summarize_cells(samples, batches, args, visual_tokens)
     checks = budget_checks(samples, args, visual_tokens)
     loads_1m = [load_start[0], load_end[0]] + [x for b in batches for x in (
         b["loadavg_before"][0], b["loadavg_after"][0])]
+    main_server = servers.get("main")
     report: dict[str, Any] = {
         "benchmark": "throughput",
         "notes": args.note,
         "settings": {
+            "family": args.fam.name,
             "frames": args.frames, "video": args.video, "video_size": args.video_size,
-            "media": "file" if use_file else "data", "methods": methods, "ratio": args.ratio,
-            "concurrency": levels, "requests_per_cell": {
-                str(c): parse_requests(args.requests, c) for c in levels},
-            "requests_formula": args.requests, "rounds": args.rounds,
+            "video_fps": args.fam.video_fps,
+            "media": "file" if use_file else "data", "methods": labels,
+            "arms": [asdict(a) for a in args.arms], "ratio": args.ratio,
+            "ratios": args.ratio_list, "concurrency": args.concurrency_levels,
+            "levels": [str(x) for x in levels],
+            "request_rates": [level_rate(x) if not math.isinf(level_rate(x)) else "inf"
+                              for x in levels if level_rate(x) is not None],
+            "requests_per_cell": {
+                str(c): (args.rate_requests if level_rate(c) is not None
+                         else parse_requests(args.requests, c)) for c in levels},
+            "requests_formula": args.requests, "rate_requests": args.rate_requests,
+            "burstiness": args.burstiness, "arrival_seed": args.arrival_seed,
+            "max_concurrency": args.max_concurrency, "goodput_slos_ms": args.slos,
+            "percentiles": args.percentile_list, "rounds": args.rounds,
             "max_tokens": args.max_tokens, "ignore_eos": True, "temperature": 0.0,
             "warmup_per_method": args.warmup, "quick": args.quick, "prompt": PROMPT,
             "spawned_server": not args.url,
-            "server_command": server.command[1:] if server.command else None,
-            "load": "closed loop: c workers, one request in flight each",
+            "server_command": main_server.command[1:] if main_server and main_server.command
+            else None,
+            "servers": {k: {"command": v.command[1:] if v.command else None,
+                            **{x: y for x, y in evs.get(k, {}).items() if x != "serve_args"}}
+                        for k, v in servers.items()},
+            "load": "concurrency levels: closed loop, c workers, one request in flight each; "
+                    "rate=R levels: open loop, arrivals at R/s (gamma intervals, burstiness)",
             "ttft": "client side, send -> first streamed chunk with content",
+            "metrics": "vllm bench serve's names and definitions (benchmarks/serve.py "
+                       "calculate_metrics), per cell: duration = the cell's wall time",
         },
         "model": {"served_name": model, **model_info, "tokens_per_frame": per_frame},
         "machine": harness.machine_info(),
@@ -669,9 +1077,9 @@ def main(argv: list[str] | None = None) -> int:
                             "methods within this run only"},
         "timing_s": {"total": round(time.perf_counter() - t_run, 1),
                      "server_ready_wait": round(ready_s, 1), "videos": round(video_s, 1)},
-        "cells": [cells[(m, c)] for c in levels for m in methods],
-        "ratios": ratios(cells, levels, methods),
-        "targets": targets(cells, levels, methods),
+        "cells": [cells[(m, c)] for c in levels for m in labels],
+        "ratios": ratios(cells, levels, labels),
+        "targets": targets(cells, levels, labels),
         "checks": checks,
         "batches": batches,
         "warmup": [asdict(s) for s in warm],
