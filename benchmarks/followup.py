@@ -80,7 +80,10 @@ COUNTERS: dict[str, str] = {
     "prompt_tokens": "vllm:prompt_tokens",
     "prompt_tokens_cached": "vllm:prompt_tokens_cached",
 }
-QUICK = {"frames": 4, "max_tokens": 4, "conversations": 1, "warmup": 1}
+#: --quick: the tiny checkpoint, 4 frames, one conversation per method, no warm-up; KV blocks of 32
+#: tokens (the CPU backend's smallest; its default is 128) so that the compressed methods' short
+#: prompts fill whole blocks the prefix cache can serve.
+QUICK = {"frames": 4, "max_tokens": 4, "conversations": 1, "warmup": 0, "block_size": 32}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=32,
                    help="answer tokens per turn (ignore_eos)")
     p.add_argument("--warmup", type=int, default=1, help="untimed requests per method")
+    p.add_argument("--block-size", type=int, help="vLLM --block-size of the spawned server "
+                   "(default: vLLM's: 128 on a CPU, 16 on a GPU); the prefix cache serves whole "
+                   "blocks only")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
     p.add_argument("--startup-timeout", type=float, default=900.0)
     p.add_argument("--seed", type=int, default=5000, help="first video seed")
@@ -150,6 +156,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    if args.block_size is not None and args.block_size < 1:
+        parser.error("--block-size must be >= 1")
     if args.url and not args.checkpoint:
         parser.error("--url needs --checkpoint (a local copy of the served model: its tokens "
                      "per frame and chat template give the expected prompt tokens)")
@@ -188,6 +196,25 @@ def read_counters(backends: Sequence[str]) -> dict[str, float]:
         for k, v in parse_counters(r.text).items():
             total[k] += v
     return total
+
+
+def cache_config(backends: Sequence[str]) -> dict[str, Any]:
+    """``block_size`` and ``enable_prefix_caching`` of the first backend, from vLLM's
+    ``vllm:cache_config_info`` gauge; a clear error where prefix caching is off (the follow-up
+    turns would then measure nothing but the multimodal cache)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{backends[0]}/metrics", timeout=30.0).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "vllm:cache_config_info" and family.samples:
+            labels = family.samples[0].labels
+            if labels.get("enable_prefix_caching") != "True":
+                raise SystemExit(f"prefix caching is off in the backend {backends[0]} "
+                                 f"(enable_prefix_caching={labels.get('enable_prefix_caching')})"
+                                 ": start it without --no-enable-prefix-caching")
+            return {"block_size": int(labels["block_size"]), "enable_prefix_caching": True}
+    raise SystemExit(f"the backend {backends[0]} exposes no vllm:cache_config_info on /metrics")
 
 
 def counters_after(backends: Sequence[str], before: dict[str, float], *, settle_s: float = 5.0
@@ -413,6 +440,8 @@ def start_server(args: argparse.Namespace, media_dir: Path, checkpoint: str, per
                   "--max-model-len", str(max_len), "--health-interval", "0.5",
                   "--log-level", "warning", "--model", checkpoint,
                   "--served-model-name", "earlytom-bench"]
+    if args.block_size is not None:
+        serve_args.append(f"--backend-arg=--block-size={args.block_size}")
     for chunk in args.serve_arg:
         serve_args += shlex.split(chunk)
     return harness.launch_serve(serve_args, log, env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get(
@@ -454,9 +483,12 @@ def speedups(cells: Sequence[dict[str, Any]], methods: Sequence[str], n_turns: i
     return out
 
 
-def checks(turns: Sequence[Turn], args: argparse.Namespace) -> dict[str, Any]:
+def checks(turns: Sequence[Turn], args: argparse.Namespace, block_size: int) -> dict[str, Any]:
+    """Errors, exact prompt tokens, and the caches: every follow-up finds its video in the
+    multimodal cache and at least the earlier turn's whole KV blocks in the prefix cache."""
     ok = [t for t in turns if t.ok]
     later = [t for t in ok if t.turn > 1]
+    prev = {(t.method, t.conversation, t.turn + 1): t.prompt_tokens for t in ok}
     exact = [t for t in ok if t.prompt_tokens_expected is not None]
     grows = True
     for m in args.method_list:
@@ -477,8 +509,15 @@ def checks(turns: Sequence[Turn], args: argparse.Namespace) -> dict[str, Any]:
             if t.prompt_tokens != t.prompt_tokens_expected],
         "prompt_tokens_grow": grows,
         "followups_hit_mm_cache": bool(later) and all(t.cache["mm_hits"] >= 1 for t in later),
-        "followups_hit_prefix_cache": bool(later) and all(t.cache["prefix_hits"] > 0
-                                                          for t in later),
+        "followups_hit_prefix_cache": bool(later) and all(
+            t.cache["prefix_hits"] >= prev[(t.method, t.conversation, t.turn)] // block_size
+            * block_size > 0 for t in later),
+        "prefix_hits_short": [
+            {"method": t.method, "turn": t.turn, "hits": t.cache["prefix_hits"],
+             "whole_blocks_of_the_previous_prompt": prev[(t.method, t.conversation, t.turn)]
+             // block_size * block_size} for t in later
+            if t.cache["prefix_hits"] < prev[(t.method, t.conversation, t.turn)]
+            // block_size * block_size],
     }
 
 
@@ -507,11 +546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = start_server(args, media_dir, checkpoint, per_frame,
                                   args.server_log or workdir / "earlytom-serve.log")
             print(f"started earlytom-serve on {server.url}", file=sys.stderr)
+        from transformers import AutoProcessor
+
+        _processor(checkpoint, AutoProcessor)  # loaded while the server starts
         t = time.perf_counter()
         harness.wait_ready(server, args.startup_timeout, args.api_key)
         ready_s = time.perf_counter() - t
         model = args.model or harness.served_model(server.url, args.api_key)
         backends = harness.backend_urls(server.url, args.api_key)
+        engine_cache = cache_config(backends)
         turns, warm = asyncio.run(run(args, server.url, model, backends, checkpoint, per_frame,
                                       media_dir, not args.url))
     finally:
@@ -528,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "frames": args.frames, "video": "scene", "video_size": args.video_size,
             "methods": args.method_list, "ratio": args.ratio, "turns": args.turns,
             "questions": list(QUESTIONS[:args.turns]), "conversations": args.conversations,
-            "max_tokens": args.max_tokens, "ignore_eos": True, "temperature": 0.0,
+            "max_tokens": args.max_tokens, "block_size": args.block_size, "ignore_eos": True, "temperature": 0.0,
             "warmup_per_method": args.warmup, "quick": args.quick,
             "spawned_server": not args.url,
             "server_command": server.command[1:] if server and server.command else None,
@@ -542,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                              per_frame)
                                     for m in args.method_list}},
         "backends": list(backends),
+        "engine_cache": engine_cache,
         "machine": harness.machine_info(),
         "loadavg": {"start": load_start, "end": load_end,
                     "min_1m": min(loads) if loads else None,
@@ -551,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "server_ready_wait": round(ready_s, 1)},
         "cells": cells,
         "speedup_vs_turn1": speedups(cells, args.method_list, args.turns),
-        "checks": checks(turns, args),
+        "checks": checks(turns, args, engine_cache["block_size"]),
         "warmup": [asdict(t) for t in warm],
         "turns": [asdict(t) for t in turns],
     }
