@@ -43,7 +43,6 @@ import argparse
 import asyncio
 import base64
 import itertools
-import json
 import os
 import shlex
 import shutil
@@ -96,15 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="TTFT of three follow-up questions about one video, per method, with the "
         "vLLM prefix- and multimodal-cache hits of each turn, through one earlytom-serve.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--url", help="a running earlytom-serve (default: start one here)")
-    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"),
-                   help="bearer key for --url [OPENAI_API_KEY]")
-    p.add_argument("--model", help="served model name (default: the server's first model)")
-    p.add_argument("--checkpoint", help="checkpoint for the spawned server (default: the "
-                   "benchmark model; --quick: the tiny one); with --url: a local copy of the "
-                   "served model, for its tokens per frame and chat template")
-    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                   help="extra earlytom-serve argument (repeatable; shell-split)")
+    harness.add_endpoint_args(p, "checkpoint for the spawned server (default: the benchmark "
+                              "model; --quick: the tiny one); with --url: a local copy of the "
+                              "served model, for its tokens per frame and chat template")
     p.add_argument("--frames", type=int, default=32, help="frames per video (--num-frames)")
     p.add_argument("--video-size", type=int, default=384, help="side of the square videos (px)")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -120,16 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, help="vLLM --block-size of the spawned server "
                    "(default: vLLM's: 128 on a CPU, 16 on a GPU); the prefix cache serves whole "
                    "blocks only")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
-    p.add_argument("--startup-timeout", type=float, default=900.0)
     p.add_argument("--seed", type=int, default=5000, help="first video seed")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny checkpoint, 4 frames, "
                    "1 conversation per method, 4 answer tokens")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    p.add_argument("--plot", default=str(DEFAULT_PLOT), help="PNG path ('' to skip)")
-    p.add_argument("--server-log", type=Path, help="where the spawned server logs "
-                   "(default: a temporary file)")
-    p.add_argument("--note", action="append", default=[], help="free text stored in the JSON")
+    harness.add_output_args(p, DEFAULT_JSON, DEFAULT_PLOT)
     return p
 
 
@@ -599,12 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": [asdict(t) for t in warm],
         "turns": [asdict(t) for t in turns],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if args.plot:
-        plot(report, Path(args.plot))
     print_table(report)
-    print(f"wrote {args.json}" + (f" and {args.plot}" if args.plot else ""))
+    harness.write_results(report, args.json, args.plot, plot)
     c = report["checks"]
     return 0 if c["errors"] == 0 and c["turns_ok"] == c["turns_expected"] else 1
 
@@ -683,10 +666,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
                  f"retain ratio {s['ratio']}, {s['conversations']} conversation(s)/method "
                  f"({report['model']['served_name']}; {report['machine']['logical_cpus']} shared "
                  f"CPUs, 1-min load {load['min_1m']:.1f}-{load['max_1m']:.1f})", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from frontend_fakes import free_port, wait_for, write_mp4
+from frontend_fakes import write_mp4
 
 from earlytom_vllm import EarlyTomConfig
 from earlytom_vllm.plan import video_rows
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the benchmarks package (its earlytom-serve launcher) is at the root
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness  # noqa: E402
+
 pytestmark = pytest.mark.engine
 
-SERVE = str(Path(sys.executable).with_name("earlytom-serve"))
 FRAMES = 4
 PER_FRAME = 196  # the tiny checkpoint: SigLIP 384 px / 14 -> 27 x 27, pooled to 14 x 14
 NEWLINE_ROWS = 1
@@ -69,43 +72,21 @@ def dp_served(tmp_path_factory, tiny_checkpoint):
     media.mkdir()
     videos = [write_mp4(media / f"clip{i}.mp4", frames=8, size=(96 + 16 * i, 64))
               for i in range(4)]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp / "earlytom-serve.log"
-    env = dict(os.environ)
-    # one core per rank (vLLM splits the list by local DP rank); 1 GiB of KV cache per rank
-    env["VLLM_CPU_OMP_THREADS_BIND"] = "0|1" if (os.cpu_count() or 1) >= DP else "nobind"
-    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    args = [SERVE, "--port", str(port), "--media-dir", str(media), "--num-frames", str(FRAMES),
-            "--max-model-len", "2048", "--health-interval", "0.5",
-            f"--backend-arg=--data-parallel-size={DP}", "--backend-arg=--max-num-seqs=4"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            return True
-        try:
-            return httpx.get(f"{url}/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    env = {  # one core per rank (vLLM splits the list by local DP rank); 1 GiB KV per rank
+        "VLLM_CPU_OMP_THREADS_BIND": "0|1" if (os.cpu_count() or 1) >= DP else "nobind",
+        "VLLM_CPU_KVCACHE_SPACE": "1"}
+    server = harness.launch_serve(
+        ["--media-dir", str(media), "--num-frames", str(FRAMES), "--max-model-len", "2048",
+         "--health-interval", "0.5", f"--backend-arg=--data-parallel-size={DP}",
+         "--backend-arg=--max-num-seqs=4"], tmp / "earlytom-serve.log", env=env)
     try:
-        if not wait_for(ready, timeout=900, interval=1.0) or proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
-            pytest.fail(f"earlytom-serve with --data-parallel-size {DP} did not start:\n{tail}")
-        health = httpx.get(f"{url}/health").json()
-        yield {"url": url, "log": log, "videos": videos, "model": health["backends"][0]["models"][0],
-               "backend": health["supervisor"]["url"].rstrip("/"), "command": args}
+        harness.wait_ready(server, 900, "none")
+        health = httpx.get(f"{server.url}/health").json()
+        yield {"url": server.url, "log": server.log, "videos": videos,
+               "model": health["backends"][0]["models"][0],
+               "backend": health["supervisor"]["url"].rstrip("/")}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        server.stop(timeout=90)
 
 
 def test_dp2_serves_exact_counts_on_both_ranks(dp_served, tiny_checkpoint):
