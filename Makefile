@@ -2,7 +2,7 @@
 #   make serve   install everything into .venv, then serve the embedded tiny checkpoint
 #   make test    install everything (venv, Prometheus for the deploy tests), then run the tests
 .PHONY: serve test test-fast test-engine lint audit fuzz-long bench-flops bench-overhead bench-ttft \
-        bench-throughput bench-load \
+        bench-throughput bench-load bench-followup \
         audit-latest demo venv prometheus clean
 
 PY := .venv/bin/python
@@ -61,6 +61,9 @@ bench-load: venv
 
 bench-throughput: venv
 	$(PY) -m benchmarks.throughput
+
+bench-followup: venv
+	$(PY) -m benchmarks.followup
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache build *.egg-info

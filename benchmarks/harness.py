@@ -400,6 +400,36 @@ def launch_serve(serve_args: Sequence[str], log: Path, *, env: Mapping[str, str]
     return Server(url=f"http://127.0.0.1:{port}", proc=proc, log=log, command=cmd)
 
 
+#: ``--api-key``'s default for a client benchmark, read once at import: ``OPENAI_API_KEY``.
+DEFAULT_API_KEY = os.environ.get("OPENAI_API_KEY", "none")
+
+
+def add_endpoint_args(p: Any, checkpoint_help: str) -> None:
+    """The flags of a benchmark that talks to an ``earlytom-serve``, spawned here or given by
+    ``--url``: --url, --api-key, --model, --checkpoint (``checkpoint_help``), --serve-arg,
+    --timeout, --startup-timeout (``p``: an ``argparse.ArgumentParser``)."""
+    p.add_argument("--url", help="a running earlytom-serve (default: start one here)")
+    p.add_argument("--api-key", default=DEFAULT_API_KEY,
+                   help="bearer key for --url [OPENAI_API_KEY]")
+    p.add_argument("--model", help="served model name (default: the server's first model)")
+    p.add_argument("--checkpoint", help=checkpoint_help)
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="extra earlytom-serve argument (repeatable; shell-split)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
+    p.add_argument("--startup-timeout", type=float, default=900.0,
+                   help="seconds the spawned server may take to become ready")
+
+
+def add_output_args(p: Any, json_default: Path, plot_default: Path) -> None:
+    """--json, --plot ('' skips it), --server-log and --note of a benchmark's report."""
+    p.add_argument("--json", type=Path, default=json_default)
+    p.add_argument("--plot", default=str(plot_default), help="PNG path ('' to skip)")
+    p.add_argument("--server-log", type=Path, help="where the spawned server logs "
+                   "(default: a temporary file)")
+    p.add_argument("--note", action="append", default=[], help="free text stored in the JSON "
+                   "(repeatable), e.g. what else ran on the machine")
+
+
 def _get(url: str, api_key: str, timeout: float = 30.0):
     import httpx
 
@@ -518,3 +548,28 @@ def machine_info(**extra: Any) -> dict[str, Any]:
             "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
             "mem_gib": round(psutil.virtual_memory().total / 2**30, 1), "versions": versions,
             **extra}
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out a matplotlib figure, save it as ``path`` (PNG, 110 dpi) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(report: Mapping[str, Any], json_path: Path, plot_path: str | Path | None,
+                  plot: Any) -> None:
+    """``report`` as indented JSON at ``json_path``, ``plot(report, path)`` at ``plot_path``
+    unless it is empty, then a line naming both."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    if plot_path:
+        plot(report, Path(plot_path))
+    print(f"wrote {json_path}" + (f" and {plot_path}" if plot_path else ""))
