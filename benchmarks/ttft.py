@@ -133,7 +133,6 @@ FAMILY_RATIOS = {"llava_onevision": "0.25,0.10", "qwen2_5_vl": "0.15,0.10"}
 VIDEOS = ("scene", "motion")
 EXTRA_PRUNE_LAYERS = "4,14,24;6,14,20"  # the paper's other published settings (LLaVA-OV)
 FAMILY_EXTRA = {"llava_onevision": EXTRA_PRUNE_LAYERS, "qwen2_5_vl": ""}
-QWEN_FPS = 2.0  # sampling rate stated with each Qwen2.5-VL video (its time positions use it)
 
 #: Targets per family (docs/method.md sections 6 and 7; the issue's for Qwen2.5-VL): EarlyTom's
 #: TTFT ratio over each baseline at each ratio listed, and the band of the full-token vision share
@@ -413,7 +412,7 @@ def video_item(fam: harness.Family, frames):
     if fam.name == "qwen2_5_vl":
         from earlytom_vllm.synthetic import with_metadata
 
-        return with_metadata(frames, QWEN_FPS)
+        return with_metadata(frames, fam.video_fps)
     return frames
 
 
