@@ -20,7 +20,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,6 +214,24 @@ def strip_client_uuids(messages: list[dict[str, Any]]) -> int:
     return removed
 
 
+def canonical_earlytom(overrides: dict[str, Any], cfg: EarlyTomConfig, defaults: EarlyTomConfig,
+                       server_keys: Collection[str]) -> dict[str, Any]:
+    """The request's ``earlytom`` settings in one canonical form, for ``mm_processor_kwargs``.
+
+    vLLM's multimodal cache key hashes the request's ``mm_processor_kwargs`` as given (key order
+    and number spelling included), so equal settings sent differently would never share cached
+    video features. The form sent: the keys the request set, sorted, each with its *effective*
+    value (``request_config`` already validated and normalised it: ``1`` -> ``1.0``, a list of
+    layers), minus the keys whose value equals the server-wide setting. Only keys configured
+    server-wide (``server_keys``: ``--compression`` and its shortcuts, which the backends run) are
+    dropped when equal: for the others the engine's family defaults may differ from the front
+    end's (Qwen2.5-VL prunes after other layers), so they are kept."""
+    effective = cfg.to_dict()
+    server = defaults.to_dict()
+    return {key: effective[key] for key in sorted(overrides)
+            if not (key in server_keys and effective[key] == server[key])}
+
+
 @dataclass
 class Labels:
     model: str = "unknown"
@@ -224,6 +242,8 @@ class Labels:
 class Prepared:
     body: dict[str, Any]
     frames: list[int] = field(default_factory=list)  # frames of each checked video
+    images: int = 0  # image parts forwarded as images
+    media_keys: list[str] = field(default_factory=list)  # content digest of each video
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,6 +442,8 @@ class FrontEnd:
     async def prepare(self, body: dict[str, Any], *, frames_as_video: bool) -> Prepared:
         """Check and rewrite every media part; collect the videos' frame counts."""
         frames: list[int] = []
+        keys: list[str] = []
+        images = 0
         messages: list[dict[str, Any]] = []
         frame_slots: list[tuple[int, int, str, str]] = []  # (msg, part, url, param)
         try:
@@ -436,6 +458,7 @@ class FrontEnd:
                             param = f"messages[{i}].content[{j}].video_url.url"
                             video = await self.media.video(part["video_url"]["url"], param=param)
                             frames.append(video.frames)
+                            keys.append(video.key)
                             parts.append({**part, "video_url": {**part["video_url"],
                                                                 "url": video.url}})
                         elif kind == "image_url":
@@ -446,6 +469,7 @@ class FrontEnd:
                                 parts.append(None)  # placeholder
                             else:
                                 new = await self.media.image(url, param=param)
+                                images += 1
                                 parts.append({**part, "image_url": {**part["image_url"],
                                                                     "url": new}})
                         else:
@@ -456,6 +480,7 @@ class FrontEnd:
                 video: PreparedVideo = await self.media.frames_as_video(
                     [(url, param) for _, _, url, param in frame_slots])
                 frames.append(video.frames)
+                keys.append(video.key)
                 first_msg, first_part = frame_slots[0][:2]
                 messages[first_msg]["content"][first_part] = {
                     "type": "video_url", "video_url": {"url": video.url}}
@@ -470,7 +495,8 @@ class FrontEnd:
             # keep them until a full gc pass. Drop it: the error is the client's, not a bug.
             exc.__traceback__ = None
             raise APIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
-        return Prepared(body={**body, "messages": messages}, frames=frames)
+        return Prepared(body={**body, "messages": messages}, frames=frames, images=images,
+                        media_keys=keys)
 
     # -- the chat route ---------------------------------------------------------------------------
     def _refuse(self, labels: Labels, exc: APIError) -> Response:
@@ -541,8 +567,12 @@ class FrontEnd:
             upstream.pop("mm_processor_kwargs", None)
             upstream.pop("request_id", None)  # vLLM's id comes from X-Request-Id
             strip_client_uuids(upstream["messages"])
-            if overrides:
-                upstream["mm_processor_kwargs"] = {"earlytom": overrides}
+            # Settings only shape videos: an image-only request sends none (they would only split
+            # its images' cache entries); otherwise one canonical form (see canonical_earlytom).
+            earlytom = canonical_earlytom(overrides, cfg, self.default_cfg,
+                                          self.settings.compression)
+            if earlytom and (prepared.frames or not prepared.images):
+                upstream["mm_processor_kwargs"] = {"earlytom": earlytom}
             upstream["model"] = labels.model
             strip_usage = False
             if req.stream:

@@ -12,7 +12,10 @@ The ``earlytom`` extension (request body, next to ``messages``)::
                                                  # video (what lmms-eval's openai backend sends);
                                                  # default: the server's --frames-as-video
 
-is forwarded to vLLM as ``mm_processor_kwargs: {"earlytom": {...}}`` (without ``frames_as_video``).
+is forwarded to vLLM as ``mm_processor_kwargs: {"earlytom": {...}}`` (without ``frames_as_video``),
+in one canonical form (sorted keys, effective values, server-wide settings omitted) so that equal
+settings share vLLM's multimodal cache entries; an image-only request forwards none
+(``app.canonical_earlytom``).
 """
 
 from __future__ import annotations
