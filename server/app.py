@@ -297,6 +297,8 @@ class FrontEnd:
             request_timeout=settings.request_timeout,
             api_key=(settings.backend_api_key.get_secret_value()
                      if settings.backend_api_key else None),
+            max_in_flight=settings.max_in_flight,
+            backend_max_in_flight=settings.backend_max_in_flight,
         )
         self.media = MediaProcessor(MediaPolicy.from_settings(settings))
         self.supervisor: BackendSupervisor | None = None
@@ -580,10 +582,12 @@ class FrontEnd:
                 upstream["stream_options"] = {**client_opts, "include_usage": True}
                 strip_usage = not client_opts.get("include_usage")
             content = encode_upstream(upstream)
+            # the conversation's first video decides the backend (its caches hold the video)
+            key = prepared.media_keys[0] if prepared.media_keys else None
             del body, prepared, upstream  # the encoded bytes are all that is forwarded
             forwarded = True
             response, backend = await self.unless_disconnected(
-                request, self._send(labels.model, content, stream=req.stream), deadline)
+                request, self._send(labels.model, content, stream=req.stream, key=key), deadline)
             if response.status_code != 200:
                 status, resp = self._error_from_backend(response, client_fields=req.earlytom)
                 return resp
@@ -656,14 +660,15 @@ class FrontEnd:
         raise APIError(504, f"the request took longer than max_request_seconds "
                        f"({self.settings.max_request_seconds:g} s)", code="request_timeout")
 
-    async def _send(self, model: str, content: bytes, *, stream: bool
-                    ) -> tuple[Any, Backend]:
-        """Send to the least busy ready backend; retry elsewhere if it cannot be reached.
-        A streamed 200 response stays open and keeps the backend's in-flight count."""
+    async def _send(self, model: str, content: bytes, *, stream: bool, path: str = CHAT_PATH,
+                    key: str | None = None) -> tuple[Any, Backend]:
+        """Send to the backend the pool picks (``key``: the request's media affinity key);
+        retry elsewhere if it cannot be reached. A streamed 200 response stays open and keeps
+        the backend's in-flight count."""
         tried: set[int] = set()
         last: BackendUnavailable | None = None
         while True:
-            backend = self.pool.pick(model, tried)
+            backend = self.pool.pick(model, tried, key=key)
             if backend is None:
                 if last is not None:
                     raise last
@@ -672,7 +677,7 @@ class FrontEnd:
             tried.add(id(backend))
             backend.in_flight += 1
             try:
-                response = await self.pool.send(backend, CHAT_PATH, content, stream=stream,
+                response = await self.pool.send(backend, path, content, stream=stream,
                                                 request_id=REQUEST_ID.get())
             except BackendUnavailable as exc:
                 backend.in_flight -= 1

@@ -94,6 +94,13 @@ class Metrics:
             "earlytom_requests_queued", "Chat requests waiting for an in-flight slot.",
             registry=r,
         )
+        self.routed = Counter(
+            "earlytom_requests_routed",
+            "Requests sent to a backend by routing policy: affinity (a video's requests to the "
+            "backend its content hashes to), affinity_overflow (that backend was at its "
+            "in-flight limit: the least loaded took it), least_loaded (no video).",
+            ["policy"], registry=r,
+        )
         self.backend_restarts = Counter(
             "earlytom_backend_restarts",
             "Restarts of the vLLM backend supervised by earlytom-serve.",
