@@ -600,7 +600,9 @@ class FrontEnd:
                 raise APIError(502, "the backend returned invalid JSON",
                                code="backend_error") from None
             elapsed = time.perf_counter() - t0
-            self.metrics.ttft.labels(labels.model, labels.method).observe(elapsed)
+            # not a TTFT: the client saw nothing before the whole answer
+            self.metrics.non_streaming.labels(labels.model, labels.method).observe(elapsed)
+            self.metrics.e2e.labels(labels.model, labels.method).observe(elapsed)
             self._count_success(labels, data.get("usage") if isinstance(data, dict) else None)
             status = 200
             return Response(content=response.content, media_type="application/json")
@@ -789,8 +791,10 @@ class FrontEnd:
                 ticket.release()
             metrics.in_flight.labels(labels.model).dec()
             metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
-            metrics.duration.labels(labels.model, labels.method).observe(
-                time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            metrics.duration.labels(labels.model, labels.method).observe(elapsed)
+            if outcome["status"] == 200:
+                metrics.e2e.labels(labels.model, labels.method).observe(elapsed)
 
         async def close() -> None:
             # Runs once the response is over, however it ended (also if the client disconnected

@@ -306,7 +306,7 @@ def test_engine_metrics_count_visual_tokens(served):
     def value(text: str, name: str, method: str) -> float:
         for line in text.splitlines():
             if line.startswith(name + "{") and f'method="{method}"' in line and \
-                    f'model="{served.model}"' in line:
+                    f'model_name="{served.model}"' in line:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
@@ -346,7 +346,7 @@ def test_visual_token_count_is_the_engines_for_edit_lists_and_long_videos(served
         got = []
         for name in ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total"):
             got.append(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                           if line.startswith(name + "{") and f'model="{served.model}"' in line))
+                           if line.startswith(name + "{") and f'model_name="{served.model}"' in line))
         return got[0], got[1]
 
     for path, frames in ((trimmed, 28), (long, 32)):
