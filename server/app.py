@@ -48,10 +48,13 @@ from earlytom_server.proxy import (
     relay_sse,
 )
 from earlytom_server.schemas import (
+    COMPLETION_REJECTED_FIELDS,
     REJECTED_FIELDS,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    CompletionRequest,
     ErrorResponse,
+    TokenizeRequest,
 )
 from earlytom_server.settings import Settings
 from earlytom_server.supervisor import BackendSupervisor, CommandFactory
@@ -61,6 +64,10 @@ from earlytom_vllm.config import EarlyTomConfigError, request_config
 log = logging.getLogger("earlytom_server.app")
 
 CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+TOKENIZE_PATH = "/tokenize"
+DETOKENIZE_PATH = "/detokenize"
+VERSION_PATH = "/version"
 
 #: Deepest nesting of objects/arrays a request body may have (vLLM's own requests nest < 10).
 MAX_JSON_DEPTH = 64
@@ -230,6 +237,25 @@ def canonical_earlytom(overrides: dict[str, Any], cfg: EarlyTomConfig, defaults:
     server = defaults.to_dict()
     return {key: effective[key] for key in sorted(overrides)
             if not (key in server_keys and effective[key] == server[key])}
+
+
+def ask_for_usage(body: dict[str, Any], upstream: dict[str, Any], *, stream: bool) -> bool:
+    """Make a streamed request ask the backend for usage (the front end counts tokens from it);
+    True when the client did not ask for it (the relay then drops the usage-only chunk)."""
+    if not stream:
+        return False
+    client_opts = body.get("stream_options") or {}
+    upstream["stream_options"] = {**client_opts, "include_usage": True}
+    return not client_opts.get("include_usage")
+
+
+@dataclass
+class Upstream:
+    """What is sent to the backend: the encoded body, and how to route and relay it."""
+
+    content: bytes
+    strip_usage: bool = False
+    key: str | None = None  # media affinity key (see proxy.py)
 
 
 @dataclass
@@ -506,14 +532,24 @@ class FrontEnd:
         return exc.response()
 
     async def chat(self, request: Request) -> Response:
+        return await self._admitted(request, self._chat)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._admitted(request, self._completions)
+
+    async def _admitted(self, request: Request, handler: Any, refuse: Any = None) -> Response:
+        """Auth, the declared length, and an admission slot before ``handler`` reads the body;
+        the slot is released when the response is over (a stream: when it ends). ``refuse``
+        (labels, APIError) -> Response answers and counts a refusal (default: as a request)."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.settings.max_request_seconds
         labels = Labels(method=self.default_cfg.effective_method)
+        refuse = refuse or self._refuse
         try:
             self.check_auth(request)
             declared = self.declared_length(request)
         except APIError as exc:
-            return self._refuse(labels, exc)
+            return refuse(labels, exc)
         # A slot and room for the body BEFORE the body is read (see admission.py).
         weight = declared if declared is not None else self.settings.request_body_limit
         self.metrics.queued.inc()
@@ -521,7 +557,7 @@ class FrontEnd:
             ticket = await self.admission.acquire(weight)
         except Overloaded as exc:
             self.metrics.rejected.labels(exc.reason).inc()
-            return self._refuse(labels, APIError(
+            return refuse(labels, APIError(
                 429, exc.message, code="server_busy",
                 headers={"retry-after": str(self.settings.retry_after),
                          "connection": "close"}))
@@ -529,7 +565,7 @@ class FrontEnd:
             self.metrics.queued.dec()
         streaming = False
         try:
-            response = await self._chat(request, t0, deadline, labels, declared)
+            response = await handler(request, t0, deadline, labels, declared)
             streaming = isinstance(response, RelayResponse)
             if streaming:
                 response.tickets.append(ticket)
@@ -555,13 +591,11 @@ class FrontEnd:
             labels.method = cfg.effective_method
         except APIError as exc:
             return self._refuse(labels, exc)
+        held = [body]  # the build step takes it: only the encoded bytes outlive it
+        del body
 
-        in_flight = self.metrics.in_flight.labels(labels.model)
-        in_flight.inc()
-        handed_off = False
-        forwarded = False
-        status = 500
-        try:
+        async def build() -> Upstream:
+            body = held.pop()
             prepared = await self.unless_disconnected(
                 request, self.prepare(body, frames_as_video=frames_as_video), deadline)
             upstream = prepared.body
@@ -576,24 +610,69 @@ class FrontEnd:
             if earlytom and (prepared.frames or not prepared.images):
                 upstream["mm_processor_kwargs"] = {"earlytom": earlytom}
             upstream["model"] = labels.model
-            strip_usage = False
-            if req.stream:
-                client_opts = body.get("stream_options") or {}
-                upstream["stream_options"] = {**client_opts, "include_usage": True}
-                strip_usage = not client_opts.get("include_usage")
-            content = encode_upstream(upstream)
+            strip_usage = ask_for_usage(body, upstream, stream=req.stream)
             # the conversation's first video decides the backend (its caches hold the video)
             key = prepared.media_keys[0] if prepared.media_keys else None
-            del body, prepared, upstream  # the encoded bytes are all that is forwarded
+            return Upstream(encode_upstream(upstream), strip_usage=strip_usage, key=key)
+
+        return await self._forward(request, t0, deadline, labels, build, path=CHAT_PATH,
+                                   stream=req.stream, client_fields=req.earlytom)
+
+    async def _completions(self, request: Request, t0: float, deadline: float, labels: Labels,
+                           declared: int | None) -> Response:
+        """``POST /v1/completions``: a text prompt (no media: nothing to compress, so the method
+        label is ``none``), relayed as chat is (limits, streaming, errors, metrics)."""
+        labels.method = "none"
+        try:
+            body = await self.read_json(request, declared=declared, deadline=deadline)
+            labels.model = self._label_model(body.get("model"))
+            try:
+                req = CompletionRequest.model_validate(body)
+            except ValidationError as exc:
+                raise validation_error(exc.errors()) from None
+            for name, why in COMPLETION_REJECTED_FIELDS.items():
+                if name in body:
+                    raise APIError(400, why, param=name, code="invalid_value")
+            labels.model = self.resolve_model(req.model)
+        except APIError as exc:
+            return self._refuse(labels, exc)
+        held = [body]
+        del body
+
+        async def build() -> Upstream:
+            body = held.pop()
+            upstream = {k: v for k, v in body.items() if k != "request_id"}
+            upstream["model"] = labels.model
+            strip_usage = ask_for_usage(body, upstream, stream=req.stream)
+            return Upstream(encode_upstream(upstream), strip_usage=strip_usage)
+
+        return await self._forward(request, t0, deadline, labels, build,
+                                   path=COMPLETIONS_PATH, stream=req.stream)
+
+    async def _forward(self, request: Request, t0: float, deadline: float, labels: Labels,
+                       build: Any, *, path: str, stream: bool,
+                       client_fields: dict[str, Any] | None = None) -> Response:
+        """Build the upstream body (``await build()``), send it, relay the answer, and count the
+        request (in flight, status, latency, tokens) however it ends."""
+        in_flight = self.metrics.in_flight.labels(labels.model)
+        in_flight.inc()
+        handed_off = False
+        forwarded = False
+        status = 500
+        try:
+            upstream: Upstream = await build()
             forwarded = True
             response, backend = await self.unless_disconnected(
-                request, self._send(labels.model, content, stream=req.stream, key=key), deadline)
+                request, self._send(labels.model, upstream.content, stream=stream, path=path,
+                                    key=upstream.key), deadline)
+            del upstream.content
             if response.status_code != 200:
-                status, resp = self._error_from_backend(response, client_fields=req.earlytom)
+                status, resp = self._error_from_backend(response, client_fields=client_fields)
                 return resp
-            if req.stream:
+            if stream:
                 handed_off = True
-                return self._stream(response, backend, labels, t0, strip_usage, deadline)
+                return self._stream(response, backend, labels, t0, upstream.strip_usage,
+                                    deadline)
             try:
                 data = response.json()
             except (ValueError, RecursionError):
@@ -623,6 +702,102 @@ class FrontEnd:
                 if forwarded:
                     self.metrics.duration.labels(labels.model, labels.method).observe(
                         time.perf_counter() - t0)
+
+    # -- tokenizer and version routes -------------------------------------------------------------
+    async def tokenizer(self, request: Request, path: str) -> Response:
+        """``POST /tokenize`` and ``/detokenize``: the same auth, admission and media rules as
+        chat (a chat-form ``/tokenize`` with videos has them checked and rewritten, and its
+        ``earlytom`` settings forwarded, so the count is the compressed prompt's)."""
+        endpoint = path.lstrip("/")
+
+        async def handler(request: Request, t0: float, deadline: float, labels: Labels,
+                          declared: int | None) -> Response:
+            status = 500
+            try:
+                response = await self._tokenizer(request, deadline, declared, path)
+                status = response.status_code
+                return response
+            except APIError as exc:
+                status = exc.status
+                return exc.response()
+            except (BackendFailed, BackendUnavailable) as exc:
+                err = backend_error(exc)
+                status = err.status
+                return err.response()
+            except ClientGone:
+                status = 499
+                return Response(status_code=204)
+            finally:
+                self.metrics.utility.labels(endpoint, str(status)).inc()
+
+        def refuse(labels: Labels, exc: APIError) -> Response:
+            self.metrics.utility.labels(endpoint, str(exc.status)).inc()
+            return exc.response()
+
+        return await self._admitted(request, handler, refuse)
+
+    async def _tokenizer(self, request: Request, deadline: float, declared: int | None,
+                         path: str) -> Response:
+        body = await self.read_json(request, declared=declared, deadline=deadline)
+        try:
+            req = TokenizeRequest.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+        for name, why in REJECTED_FIELDS.items():
+            if name in body:
+                raise APIError(400, why, param=name, code="invalid_value")
+        model = self.resolve_model(req.model)
+        upstream = {k: v for k, v in body.items() if k not in ("earlytom", "mm_processor_kwargs")}
+        upstream["model"] = model
+        key = None
+        if path == TOKENIZE_PATH and req.messages is not None:
+            overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
+            prepared = await self.unless_disconnected(
+                request, self.prepare(upstream, frames_as_video=frames_as_video), deadline)
+            upstream = prepared.body
+            strip_client_uuids(upstream["messages"])
+            earlytom = canonical_earlytom(overrides, cfg, self.default_cfg,
+                                          self.settings.compression)
+            if earlytom and (prepared.frames or not prepared.images):
+                upstream["mm_processor_kwargs"] = {"earlytom": earlytom}
+            key = prepared.media_keys[0] if prepared.media_keys else None
+        elif "earlytom" in body or "mm_processor_kwargs" in body:
+            name = "earlytom" if "earlytom" in body else "mm_processor_kwargs"
+            raise APIError(400, f"{name} applies to chat-form /tokenize requests (messages) "
+                           "only", param=name, code="invalid_value")
+        content = encode_upstream(upstream)
+        del body, upstream
+        response, _backend = await self.unless_disconnected(
+            request, self._send(model, content, stream=False, path=path, key=key), deadline)
+        if response.status_code != 200:
+            return self._error_from_backend(response, client_fields=req.earlytom)[1]
+        return Response(content=response.content, media_type="application/json")
+
+    async def version(self, request: Request) -> Response:
+        """``GET /version``: the version of the vLLM serving the requests (a ready backend's)."""
+        status = 500
+        try:
+            self.check_auth(request)
+            backend = self.pool.pick_any()
+            if backend is None:
+                raise APIError(503, "no backend is ready yet (see /health)",
+                               code="backend_unavailable")
+            response = await self.pool.send(backend, VERSION_PATH, None, stream=False,
+                                            method="GET", request_id=REQUEST_ID.get())
+            if response.status_code != 200:
+                status, resp = self._error_from_backend(response)
+                return resp
+            status = 200
+            return Response(content=response.content, media_type="application/json")
+        except APIError as exc:
+            status = exc.status
+            return exc.response()
+        except (BackendFailed, BackendUnavailable) as exc:
+            err = backend_error(exc)
+            status = err.status
+            return err.response()
+        finally:
+            self.metrics.utility.labels("version", str(status)).inc()
 
     async def unless_disconnected(self, request: Request, work: Any, deadline: float) -> Any:
         """Await ``work`` unless the client disconnects first (then cancel it, closing any
@@ -858,6 +1033,20 @@ CHAT_OPENAPI: dict[str, Any] = {
             "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
     },
 }
+COMPLETIONS_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/CompletionRequest"}}},
+    },
+}
+TOKENIZE_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/TokenizeRequest"}}},
+    },
+}
 _ERROR = {"model": ErrorResponse}
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ChatCompletionResponse,
@@ -871,6 +1060,11 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         (431, "too many or too large headers"), (499, "the client went away"),
         (502, "the backend failed"), (503, "no backend ready, or draining"),
         (504, "backend or request time limit"))},
+}
+#: The other relayed routes answer what vLLM answers (relayed unchanged), or the same errors.
+RELAY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "vLLM's answer, relayed (JSON; server-sent events with stream: true)"},
+    **{code: spec for code, spec in CHAT_RESPONSES.items() if code != 200},
 }
 
 
@@ -904,11 +1098,12 @@ def create_app(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=__version__, routes=app.routes)
-            request_schema = ChatCompletionRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(request_schema.pop("$defs", {}))
-            components["ChatCompletionRequest"] = request_schema
+            for model in (ChatCompletionRequest, CompletionRequest, TokenizeRequest):
+                request_schema = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}")
+                components.update(request_schema.pop("$defs", {}))
+                components[model.__name__] = request_schema
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -935,6 +1130,22 @@ def create_app(
     @app.post(CHAT_PATH, openapi_extra=CHAT_OPENAPI, responses=CHAT_RESPONSES)
     async def chat_completions(request: Request) -> Response:
         return await front.chat(request)
+
+    @app.post(COMPLETIONS_PATH, openapi_extra=COMPLETIONS_OPENAPI, responses=RELAY_RESPONSES)
+    async def completions(request: Request) -> Response:
+        return await front.completions(request)
+
+    @app.post(TOKENIZE_PATH, openapi_extra=TOKENIZE_OPENAPI, responses=RELAY_RESPONSES)
+    async def tokenize(request: Request) -> Response:
+        return await front.tokenizer(request, TOKENIZE_PATH)
+
+    @app.post(DETOKENIZE_PATH, openapi_extra=TOKENIZE_OPENAPI, responses=RELAY_RESPONSES)
+    async def detokenize(request: Request) -> Response:
+        return await front.tokenizer(request, DETOKENIZE_PATH)
+
+    @app.get(VERSION_PATH)
+    async def version(request: Request) -> Response:
+        return await front.version(request)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:

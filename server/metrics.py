@@ -198,6 +198,13 @@ class Metrics:
             "in-flight limit: the least loaded took it), least_loaded (no video).",
             ["policy"], registry=r,
         )
+        self.utility = Counter(
+            "earlytom_utility_requests",
+            "Requests to the relayed utility routes (/tokenize, /detokenize, /version) by "
+            "endpoint and final HTTP status (generation requests count in "
+            "earlytom_requests_total).",
+            ["endpoint", "status"], registry=r,
+        )
         self.backend_restarts = Counter(
             "earlytom_backend_restarts",
             "Restarts of the vLLM backend supervised by earlytom-serve.",

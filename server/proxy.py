@@ -276,16 +276,24 @@ class BackendPool:
         self.metrics.routed.labels("affinity_overflow").inc()
         return ranked[0]
 
+    def pick_any(self) -> Backend | None:
+        """The ready backend with the fewest requests in flight, whatever it serves."""
+        ready = [b for b in self.backends if b.healthy]
+        return min(ready, key=lambda b: b.in_flight) if ready else None
+
     # -- requests ---------------------------------------------------------------------------------
-    async def send(self, backend: Backend, path: str, content: bytes, *, stream: bool,
-                   request_id: str | None = None) -> httpx.Response:
+    async def send(self, backend: Backend, path: str, content: bytes | None, *, stream: bool,
+                   request_id: str | None = None, method: str = "POST") -> httpx.Response:
         """POST the JSON ``content`` to the backend (with ``X-Request-Id``: vLLM makes it the
-        engine's request id); the response is open (streamed) if ``stream``."""
-        headers = {**self.headers(), "content-type": "application/json",
+        engine's request id), or ``method`` without a body; the response is open (streamed) if
+        ``stream``."""
+        headers = {**self.headers(),
                    "accept": "text/event-stream" if stream else "application/json"}
+        if content is not None:
+            headers["content-type"] = "application/json"
         if request_id:
             headers["x-request-id"] = request_id
-        request = self.client.build_request("POST", f"{backend.url}{path}", content=content,
+        request = self.client.build_request(method, f"{backend.url}{path}", content=content,
                                             headers=headers)
         try:
             response = await self.client.send(request, stream=True)
@@ -337,7 +345,10 @@ class StreamState:
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:
+    """A chat chunk with content in its delta, or a completion chunk with text."""
     for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str) and choice["text"]:
+            return True
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if isinstance(delta, dict) and (
             delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
