@@ -469,3 +469,38 @@ def test_ctrl_c_stops_the_backend_without_orphans(served):
     # nothing left in the backend's process group (API server, engine core, workers)
     assert wait_for(lambda: group_members(backend_pid) == [], timeout=10), served.log_tail()
 
+
+
+# -- multimodal cache keys ------------------------------------------------------------------------
+
+
+def test_equal_settings_hit_the_multimodal_cache(served, tmp_path):
+    """vLLM's multimodal cache key hashes mm_processor_kwargs as sent: the front end's canonical
+    form makes reordered-equal settings hit the entry the first request made, and different
+    settings miss it (read from vLLM's own vllm:mm_cache_* counters on the backend)."""
+    clip = write_mp4(tmp_path / "cache.mp4", frames=FRAMES, size=(80, 64))  # new to the cache
+    content = video_content(data_url(clip))
+    client = served.client()
+
+    def cache() -> tuple[float, float]:
+        text = httpx.get(f"{served.backend_url}/metrics", timeout=30).text
+        out = []
+        for name in ("vllm:mm_cache_queries_total", "vllm:mm_cache_hits_total"):
+            out.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith(name + "{")))
+        return out[0], out[1]
+
+    def ask(earlytom: dict) -> tuple[float, float]:
+        before = cache()
+        client.chat.completions.create(model=served.model, max_tokens=1, temperature=0,
+                                       messages=[{"role": "user", "content": content}],
+                                       extra_body={"earlytom": earlytom})
+        after = cache()
+        return after[0] - before[0], after[1] - before[1]
+
+    queries, hits = ask({"retain_ratio": 0.3, "tau": 0.4})
+    assert queries >= 1 and hits == 0
+    queries, hits = ask({"tau": 0.4, "retain_ratio": 0.3})  # the same settings, reordered
+    assert queries >= 1 and hits == queries
+    queries, hits = ask({"tau": 0.4, "retain_ratio": 0.35})  # different: a miss
+    assert queries >= 1 and hits == 0
