@@ -3,6 +3,10 @@
 Routes:
 
 - ``POST /v1/chat/completions`` -- checked, media rewritten, forwarded to a backend; JSON or SSE
+  (a request about a video goes to the backend its content hashes to: see ``proxy.py``)
+- ``POST /v1/completions``      -- a text/token prompt, relayed with the same limits; JSON or SSE
+- ``POST /tokenize``, ``/detokenize`` -- relayed (a chat-form ``/tokenize`` is checked as chat is)
+- ``GET /version``              -- the version of a ready backend's vLLM
 - ``GET /v1/models``            -- the models of the ready backends
 - ``GET /health``               -- 200 when a backend is ready, else 503
 - ``GET /metrics``              -- Prometheus text format (``earlytom_*``)
@@ -574,19 +578,40 @@ class FrontEnd:
             if not streaming:
                 ticket.release()
 
+    async def _read_request(self, request: Request, labels: Labels, declared: int | None,
+                            deadline: float, schema: Any, rejected: dict[str, str]
+                            ) -> tuple[dict[str, Any], Any]:
+        """The body, parsed and validated against ``schema`` (fields in ``rejected`` refused),
+        with ``labels.model`` set to the model it resolves to."""
+        body = await self.read_json(request, declared=declared, deadline=deadline)
+        labels.model = self._label_model(body.get("model"))
+        try:
+            req = schema.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+        for name, why in rejected.items():
+            if name in body:
+                raise APIError(400, why, param=name, code="invalid_value")
+        labels.model = self.resolve_model(req.model)
+        return body, req
+
+    def _video_settings(self, upstream: dict[str, Any], prepared: Prepared,
+                        overrides: dict[str, Any], cfg: EarlyTomConfig) -> str | None:
+        """Finish a prepared messages body: client uuids out, the canonical ``earlytom``
+        settings in (none for an image-only request: they would only split its images' cache
+        entries; see canonical_earlytom); the media affinity key (the first video's)."""
+        strip_client_uuids(upstream["messages"])
+        earlytom = canonical_earlytom(overrides, cfg, self.default_cfg, self.settings.compression)
+        if earlytom and (prepared.frames or not prepared.images):
+            upstream["mm_processor_kwargs"] = {"earlytom": earlytom}
+        # the conversation's first video decides the backend (its caches hold the video)
+        return prepared.media_keys[0] if prepared.media_keys else None
+
     async def _chat(self, request: Request, t0: float, deadline: float, labels: Labels,
                     declared: int | None) -> Response:
         try:
-            body = await self.read_json(request, declared=declared, deadline=deadline)
-            labels.model = self._label_model(body.get("model"))
-            try:
-                req = ChatCompletionRequest.model_validate(body)
-            except ValidationError as exc:
-                raise validation_error(exc.errors()) from None
-            for name, why in REJECTED_FIELDS.items():
-                if name in body:
-                    raise APIError(400, why, param=name, code="invalid_value")
-            labels.model = self.resolve_model(req.model)
+            body, req = await self._read_request(request, labels, declared, deadline,
+                                                 ChatCompletionRequest, REJECTED_FIELDS)
             overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
             labels.method = cfg.effective_method
         except APIError as exc:
@@ -602,17 +627,9 @@ class FrontEnd:
             upstream.pop("earlytom", None)
             upstream.pop("mm_processor_kwargs", None)
             upstream.pop("request_id", None)  # vLLM's id comes from X-Request-Id
-            strip_client_uuids(upstream["messages"])
-            # Settings only shape videos: an image-only request sends none (they would only split
-            # its images' cache entries); otherwise one canonical form (see canonical_earlytom).
-            earlytom = canonical_earlytom(overrides, cfg, self.default_cfg,
-                                          self.settings.compression)
-            if earlytom and (prepared.frames or not prepared.images):
-                upstream["mm_processor_kwargs"] = {"earlytom": earlytom}
+            key = self._video_settings(upstream, prepared, overrides, cfg)
             upstream["model"] = labels.model
             strip_usage = ask_for_usage(body, upstream, stream=req.stream)
-            # the conversation's first video decides the backend (its caches hold the video)
-            key = prepared.media_keys[0] if prepared.media_keys else None
             return Upstream(encode_upstream(upstream), strip_usage=strip_usage, key=key)
 
         return await self._forward(request, t0, deadline, labels, build, path=CHAT_PATH,
@@ -624,16 +641,8 @@ class FrontEnd:
         label is ``none``), relayed as chat is (limits, streaming, errors, metrics)."""
         labels.method = "none"
         try:
-            body = await self.read_json(request, declared=declared, deadline=deadline)
-            labels.model = self._label_model(body.get("model"))
-            try:
-                req = CompletionRequest.model_validate(body)
-            except ValidationError as exc:
-                raise validation_error(exc.errors()) from None
-            for name, why in COMPLETION_REJECTED_FIELDS.items():
-                if name in body:
-                    raise APIError(400, why, param=name, code="invalid_value")
-            labels.model = self.resolve_model(req.model)
+            body, req = await self._read_request(request, labels, declared, deadline,
+                                                 CompletionRequest, COMPLETION_REJECTED_FIELDS)
         except APIError as exc:
             return self._refuse(labels, exc)
         held = [body]
@@ -704,6 +713,21 @@ class FrontEnd:
                         time.perf_counter() - t0)
 
     # -- tokenizer and version routes -------------------------------------------------------------
+    async def _utility(self, endpoint: str, work: Any) -> Response:
+        """Await ``work`` (a response) and count it under ``earlytom_utility_requests_total``;
+        errors become the same OpenAI bodies as chat's."""
+        try:
+            response: Response = await work
+        except APIError as exc:
+            response = exc.response()
+        except (BackendFailed, BackendUnavailable) as exc:
+            response = backend_error(exc).response()
+        except ClientGone:
+            self.metrics.utility.labels(endpoint, "499").inc()
+            return Response(status_code=204)
+        self.metrics.utility.labels(endpoint, str(response.status_code)).inc()
+        return response
+
     async def tokenizer(self, request: Request, path: str) -> Response:
         """``POST /tokenize`` and ``/detokenize``: the same auth, admission and media rules as
         chat (a chat-form ``/tokenize`` with videos has them checked and rewritten, and its
@@ -712,23 +736,8 @@ class FrontEnd:
 
         async def handler(request: Request, t0: float, deadline: float, labels: Labels,
                           declared: int | None) -> Response:
-            status = 500
-            try:
-                response = await self._tokenizer(request, deadline, declared, path)
-                status = response.status_code
-                return response
-            except APIError as exc:
-                status = exc.status
-                return exc.response()
-            except (BackendFailed, BackendUnavailable) as exc:
-                err = backend_error(exc)
-                status = err.status
-                return err.response()
-            except ClientGone:
-                status = 499
-                return Response(status_code=204)
-            finally:
-                self.metrics.utility.labels(endpoint, str(status)).inc()
+            return await self._utility(endpoint, self._tokenizer(request, deadline, declared,
+                                                                 labels, path))
 
         def refuse(labels: Labels, exc: APIError) -> Response:
             self.metrics.utility.labels(endpoint, str(exc.status)).inc()
@@ -737,30 +746,18 @@ class FrontEnd:
         return await self._admitted(request, handler, refuse)
 
     async def _tokenizer(self, request: Request, deadline: float, declared: int | None,
-                         path: str) -> Response:
-        body = await self.read_json(request, declared=declared, deadline=deadline)
-        try:
-            req = TokenizeRequest.model_validate(body)
-        except ValidationError as exc:
-            raise validation_error(exc.errors()) from None
-        for name, why in REJECTED_FIELDS.items():
-            if name in body:
-                raise APIError(400, why, param=name, code="invalid_value")
-        model = self.resolve_model(req.model)
+                         labels: Labels, path: str) -> Response:
+        body, req = await self._read_request(request, labels, declared, deadline,
+                                             TokenizeRequest, REJECTED_FIELDS)
         upstream = {k: v for k, v in body.items() if k not in ("earlytom", "mm_processor_kwargs")}
-        upstream["model"] = model
+        upstream["model"] = labels.model
         key = None
         if path == TOKENIZE_PATH and req.messages is not None:
             overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
             prepared = await self.unless_disconnected(
                 request, self.prepare(upstream, frames_as_video=frames_as_video), deadline)
             upstream = prepared.body
-            strip_client_uuids(upstream["messages"])
-            earlytom = canonical_earlytom(overrides, cfg, self.default_cfg,
-                                          self.settings.compression)
-            if earlytom and (prepared.frames or not prepared.images):
-                upstream["mm_processor_kwargs"] = {"earlytom": earlytom}
-            key = prepared.media_keys[0] if prepared.media_keys else None
+            key = self._video_settings(upstream, prepared, overrides, cfg)
         elif "earlytom" in body or "mm_processor_kwargs" in body:
             name = "earlytom" if "earlytom" in body else "mm_processor_kwargs"
             raise APIError(400, f"{name} applies to chat-form /tokenize requests (messages) "
@@ -768,36 +765,27 @@ class FrontEnd:
         content = encode_upstream(upstream)
         del body, upstream
         response, _backend = await self.unless_disconnected(
-            request, self._send(model, content, stream=False, path=path, key=key), deadline)
+            request, self._send(labels.model, content, stream=False, path=path, key=key),
+            deadline)
         if response.status_code != 200:
             return self._error_from_backend(response, client_fields=req.earlytom)[1]
         return Response(content=response.content, media_type="application/json")
 
     async def version(self, request: Request) -> Response:
         """``GET /version``: the version of the vLLM serving the requests (a ready backend's)."""
-        status = 500
-        try:
-            self.check_auth(request)
-            backend = self.pool.pick_any()
-            if backend is None:
-                raise APIError(503, "no backend is ready yet (see /health)",
-                               code="backend_unavailable")
-            response = await self.pool.send(backend, VERSION_PATH, None, stream=False,
-                                            method="GET", request_id=REQUEST_ID.get())
-            if response.status_code != 200:
-                status, resp = self._error_from_backend(response)
-                return resp
-            status = 200
-            return Response(content=response.content, media_type="application/json")
-        except APIError as exc:
-            status = exc.status
-            return exc.response()
-        except (BackendFailed, BackendUnavailable) as exc:
-            err = backend_error(exc)
-            status = err.status
-            return err.response()
-        finally:
-            self.metrics.utility.labels("version", str(status)).inc()
+        return await self._utility("version", self._version(request))
+
+    async def _version(self, request: Request) -> Response:
+        self.check_auth(request)
+        backend = self.pool.pick_any()
+        if backend is None:
+            raise APIError(503, "no backend is ready yet (see /health)",
+                           code="backend_unavailable")
+        response = await self.pool.send(backend, VERSION_PATH, None, stream=False,
+                                        method="GET", request_id=REQUEST_ID.get())
+        if response.status_code != 200:
+            return self._error_from_backend(response)[1]
+        return Response(content=response.content, media_type="application/json")
 
     async def unless_disconnected(self, request: Request, work: Any, deadline: float) -> Any:
         """Await ``work`` unless the client disconnects first (then cancel it, closing any

@@ -138,28 +138,26 @@ class Metrics:
         Info("earlytom_build", "Versions of this front end (earlytom-vllm) and of the vLLM it "
              "was installed with.", registry=r).info(
             {"version": __version__, "vllm_version": vllm_version()})
-        self.ttft = Histogram(
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, [MODEL, "method"], buckets=buckets, registry=r)
+
+        self.ttft = histogram(
             "earlytom_time_to_first_token_seconds",
             "Time to first token of streaming requests: until the first chunk with content.",
-            [MODEL, "method"], buckets=TTFT_BUCKETS, registry=r,
-        )
-        self.e2e = Histogram(
+            TTFT_BUCKETS)
+        self.e2e = histogram(
             "earlytom_e2e_request_latency_seconds",
             "End-to-end latency of successful requests (streaming or not), from request "
-            "received to last byte relayed.",
-            [MODEL, "method"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.non_streaming = Histogram(
+            "received to last byte relayed.", LATENCY_BUCKETS)
+        self.non_streaming = histogram(
             "earlytom_non_streaming_request_latency_seconds",
             "Latency of successful non-streaming requests, until the whole answer was relayed.",
-            [MODEL, "method"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.duration = Histogram(
+            LATENCY_BUCKETS)
+        self.duration = histogram(
             "earlytom_request_duration_seconds",
             "Duration of every request forwarded to a backend (any outcome), from request "
-            "received to last byte relayed.",
-            [MODEL, "method"], buckets=LATENCY_BUCKETS, registry=r,
-        )
+            "received to last byte relayed.", LATENCY_BUCKETS)
         self.output_tokens = Counter(
             "earlytom_output_tokens", "Completion tokens (usage.completion_tokens).",
             [MODEL, "method"], registry=r,
