@@ -253,11 +253,16 @@ def add_fake_relay_routes(app: FastAPI, model: str, words: tuple[str, ...]) -> N
     async def tokenize(request: Request) -> Any:
         body = await request.json()
         app.state.relayed.append(("/tokenize", body))
-        if "messages" in body:
+        messages, prompt = body.get("messages"), body.get("prompt")
+        if isinstance(messages, list):
             n = sum(len(m["content"]) if isinstance(m.get("content"), list) else 1
-                    for m in body["messages"])
-        else:
-            n = len(str(body.get("prompt", "")))
+                    for m in messages)
+        elif isinstance(prompt, str):
+            n = len(prompt)
+        else:  # vLLM's own answer to a body that is neither form
+            return JSONResponse({"error": {"message": "prompt: Field required",
+                                           "type": "BadRequestError", "param": "prompt",
+                                           "code": 400}}, status_code=400)
         return {"count": n, "max_model_len": 4096, "tokens": list(range(n))}
 
     @app.post("/detokenize")
@@ -265,7 +270,7 @@ def add_fake_relay_routes(app: FastAPI, model: str, words: tuple[str, ...]) -> N
         body = await request.json()
         app.state.relayed.append(("/detokenize", body))
         tokens = body.get("tokens")
-        if not isinstance(tokens, list):
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             return JSONResponse({"error": {"message": "tokens: Field required",
                                            "type": "BadRequestError", "param": "tokens",
                                            "code": 400}}, status_code=400)
