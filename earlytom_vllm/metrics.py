@@ -3,9 +3,9 @@
 The EarlyTom processor adds them in vLLM's API-server process (which serves vLLM's ``/metrics``)
 from the per-video plans that fix the prompt, so they count exactly what the engine encodes:
 
-- ``earlytom_visual_tokens_before_total{model, method}``: video tokens the prompts would hold
+- ``earlytom_visual_tokens_before_total{model_name, method}``: video tokens the prompts would hold
   without compression (frames x tokens per frame, plus the model family's extra rows);
-- ``earlytom_visual_tokens_after_total{model, method}``: the placeholder rows after compression.
+- ``earlytom_visual_tokens_after_total{model_name, method}``: the placeholder rows after compression.
 
 ``method`` is the effective method (``none`` when a request does not compress). Only
 ``prometheus_client`` is imported here.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-LABELS = ("model", "method")
+LABELS = ("model_name", "method")  # vLLM labels its series model_name too
 
 
 class VisualTokenCounters:

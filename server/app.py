@@ -3,6 +3,10 @@
 Routes:
 
 - ``POST /v1/chat/completions`` -- checked, media rewritten, forwarded to a backend; JSON or SSE
+  (a request about a video goes to the backend its content hashes to: see ``proxy.py``)
+- ``POST /v1/completions``      -- a text/token prompt, relayed with the same limits; JSON or SSE
+- ``POST /tokenize``, ``/detokenize`` -- relayed (a chat-form ``/tokenize`` is checked as chat is)
+- ``GET /version``              -- the version of a ready backend's vLLM
 - ``GET /v1/models``            -- the models of the ready backends
 - ``GET /health``               -- 200 when a backend is ready, else 503
 - ``GET /metrics``              -- Prometheus text format (``earlytom_*``)
@@ -20,7 +24,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,10 +52,13 @@ from earlytom_server.proxy import (
     relay_sse,
 )
 from earlytom_server.schemas import (
+    COMPLETION_REJECTED_FIELDS,
     REJECTED_FIELDS,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    CompletionRequest,
     ErrorResponse,
+    TokenizeRequest,
 )
 from earlytom_server.settings import Settings
 from earlytom_server.supervisor import BackendSupervisor, CommandFactory
@@ -61,6 +68,10 @@ from earlytom_vllm.config import EarlyTomConfigError, request_config
 log = logging.getLogger("earlytom_server.app")
 
 CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+TOKENIZE_PATH = "/tokenize"
+DETOKENIZE_PATH = "/detokenize"
+VERSION_PATH = "/version"
 
 #: Deepest nesting of objects/arrays a request body may have (vLLM's own requests nest < 10).
 MAX_JSON_DEPTH = 64
@@ -214,6 +225,43 @@ def strip_client_uuids(messages: list[dict[str, Any]]) -> int:
     return removed
 
 
+def canonical_earlytom(overrides: dict[str, Any], cfg: EarlyTomConfig, defaults: EarlyTomConfig,
+                       server_keys: Collection[str]) -> dict[str, Any]:
+    """The request's ``earlytom`` settings in one canonical form, for ``mm_processor_kwargs``.
+
+    vLLM's multimodal cache key hashes the request's ``mm_processor_kwargs`` as given (key order
+    and number spelling included), so equal settings sent differently would never share cached
+    video features. The form sent: the keys the request set, sorted, each with its *effective*
+    value (``request_config`` already validated and normalised it: ``1`` -> ``1.0``, a list of
+    layers), minus the keys whose value equals the server-wide setting. Only keys configured
+    server-wide (``server_keys``: ``--compression`` and its shortcuts, which the backends run) are
+    dropped when equal: for the others the engine's family defaults may differ from the front
+    end's (Qwen2.5-VL prunes after other layers), so they are kept."""
+    effective = cfg.to_dict()
+    server = defaults.to_dict()
+    return {key: effective[key] for key in sorted(overrides)
+            if not (key in server_keys and effective[key] == server[key])}
+
+
+def ask_for_usage(body: dict[str, Any], upstream: dict[str, Any], *, stream: bool) -> bool:
+    """Make a streamed request ask the backend for usage (the front end counts tokens from it);
+    True when the client did not ask for it (the relay then drops the usage-only chunk)."""
+    if not stream:
+        return False
+    client_opts = body.get("stream_options") or {}
+    upstream["stream_options"] = {**client_opts, "include_usage": True}
+    return not client_opts.get("include_usage")
+
+
+@dataclass
+class Upstream:
+    """What is sent to the backend: the encoded body, and how to route and relay it."""
+
+    content: bytes
+    strip_usage: bool = False
+    key: str | None = None  # media affinity key (see proxy.py)
+
+
 @dataclass
 class Labels:
     model: str = "unknown"
@@ -224,6 +272,8 @@ class Labels:
 class Prepared:
     body: dict[str, Any]
     frames: list[int] = field(default_factory=list)  # frames of each checked video
+    images: int = 0  # image parts forwarded as images
+    media_keys: list[str] = field(default_factory=list)  # content digest of each video
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,6 +327,8 @@ class FrontEnd:
             request_timeout=settings.request_timeout,
             api_key=(settings.backend_api_key.get_secret_value()
                      if settings.backend_api_key else None),
+            max_in_flight=settings.max_in_flight,
+            backend_max_in_flight=settings.backend_max_in_flight,
         )
         self.media = MediaProcessor(MediaPolicy.from_settings(settings))
         self.supervisor: BackendSupervisor | None = None
@@ -422,6 +474,8 @@ class FrontEnd:
     async def prepare(self, body: dict[str, Any], *, frames_as_video: bool) -> Prepared:
         """Check and rewrite every media part; collect the videos' frame counts."""
         frames: list[int] = []
+        keys: list[str] = []
+        images = 0
         messages: list[dict[str, Any]] = []
         frame_slots: list[tuple[int, int, str, str]] = []  # (msg, part, url, param)
         try:
@@ -436,6 +490,7 @@ class FrontEnd:
                             param = f"messages[{i}].content[{j}].video_url.url"
                             video = await self.media.video(part["video_url"]["url"], param=param)
                             frames.append(video.frames)
+                            keys.append(video.key)
                             parts.append({**part, "video_url": {**part["video_url"],
                                                                 "url": video.url}})
                         elif kind == "image_url":
@@ -446,6 +501,7 @@ class FrontEnd:
                                 parts.append(None)  # placeholder
                             else:
                                 new = await self.media.image(url, param=param)
+                                images += 1
                                 parts.append({**part, "image_url": {**part["image_url"],
                                                                     "url": new}})
                         else:
@@ -456,6 +512,7 @@ class FrontEnd:
                 video: PreparedVideo = await self.media.frames_as_video(
                     [(url, param) for _, _, url, param in frame_slots])
                 frames.append(video.frames)
+                keys.append(video.key)
                 first_msg, first_part = frame_slots[0][:2]
                 messages[first_msg]["content"][first_part] = {
                     "type": "video_url", "video_url": {"url": video.url}}
@@ -470,7 +527,8 @@ class FrontEnd:
             # keep them until a full gc pass. Drop it: the error is the client's, not a bug.
             exc.__traceback__ = None
             raise APIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
-        return Prepared(body={**body, "messages": messages}, frames=frames)
+        return Prepared(body={**body, "messages": messages}, frames=frames, images=images,
+                        media_keys=keys)
 
     # -- the chat route ---------------------------------------------------------------------------
     def _refuse(self, labels: Labels, exc: APIError) -> Response:
@@ -478,14 +536,24 @@ class FrontEnd:
         return exc.response()
 
     async def chat(self, request: Request) -> Response:
+        return await self._admitted(request, self._chat)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._admitted(request, self._completions)
+
+    async def _admitted(self, request: Request, handler: Any, refuse: Any = None) -> Response:
+        """Auth, the declared length, and an admission slot before ``handler`` reads the body;
+        the slot is released when the response is over (a stream: when it ends). ``refuse``
+        (labels, APIError) -> Response answers and counts a refusal (default: as a request)."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.settings.max_request_seconds
         labels = Labels(method=self.default_cfg.effective_method)
+        refuse = refuse or self._refuse
         try:
             self.check_auth(request)
             declared = self.declared_length(request)
         except APIError as exc:
-            return self._refuse(labels, exc)
+            return refuse(labels, exc)
         # A slot and room for the body BEFORE the body is read (see admission.py).
         weight = declared if declared is not None else self.settings.request_body_limit
         self.metrics.queued.inc()
@@ -493,7 +561,7 @@ class FrontEnd:
             ticket = await self.admission.acquire(weight)
         except Overloaded as exc:
             self.metrics.rejected.labels(exc.reason).inc()
-            return self._refuse(labels, APIError(
+            return refuse(labels, APIError(
                 429, exc.message, code="server_busy",
                 headers={"retry-after": str(self.settings.retry_after),
                          "connection": "close"}))
@@ -501,7 +569,7 @@ class FrontEnd:
             self.metrics.queued.dec()
         streaming = False
         try:
-            response = await self._chat(request, t0, deadline, labels, declared)
+            response = await handler(request, t0, deadline, labels, declared)
             streaming = isinstance(response, RelayResponse)
             if streaming:
                 response.tickets.append(ticket)
@@ -510,63 +578,119 @@ class FrontEnd:
             if not streaming:
                 ticket.release()
 
+    async def _read_request(self, request: Request, labels: Labels, declared: int | None,
+                            deadline: float, schema: Any, rejected: dict[str, str]
+                            ) -> tuple[dict[str, Any], Any]:
+        """The body, parsed and validated against ``schema`` (fields in ``rejected`` refused),
+        with ``labels.model`` set to the model it resolves to."""
+        body = await self.read_json(request, declared=declared, deadline=deadline)
+        labels.model = self._label_model(body.get("model"))
+        try:
+            req = schema.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+        for name, why in rejected.items():
+            if name in body:
+                raise APIError(400, why, param=name, code="invalid_value")
+        labels.model = self.resolve_model(req.model)
+        return body, req
+
+    def _video_settings(self, upstream: dict[str, Any], prepared: Prepared,
+                        overrides: dict[str, Any], cfg: EarlyTomConfig) -> str | None:
+        """Finish a prepared messages body: client uuids out, the canonical ``earlytom``
+        settings in (none for an image-only request: they would only split its images' cache
+        entries; see canonical_earlytom); the media affinity key (the first video's)."""
+        strip_client_uuids(upstream["messages"])
+        earlytom = canonical_earlytom(overrides, cfg, self.default_cfg, self.settings.compression)
+        if earlytom and (prepared.frames or not prepared.images):
+            upstream["mm_processor_kwargs"] = {"earlytom": earlytom}
+        # the conversation's first video decides the backend (its caches hold the video)
+        return prepared.media_keys[0] if prepared.media_keys else None
+
     async def _chat(self, request: Request, t0: float, deadline: float, labels: Labels,
                     declared: int | None) -> Response:
         try:
-            body = await self.read_json(request, declared=declared, deadline=deadline)
-            labels.model = self._label_model(body.get("model"))
-            try:
-                req = ChatCompletionRequest.model_validate(body)
-            except ValidationError as exc:
-                raise validation_error(exc.errors()) from None
-            for name, why in REJECTED_FIELDS.items():
-                if name in body:
-                    raise APIError(400, why, param=name, code="invalid_value")
-            labels.model = self.resolve_model(req.model)
+            body, req = await self._read_request(request, labels, declared, deadline,
+                                                 ChatCompletionRequest, REJECTED_FIELDS)
             overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
             labels.method = cfg.effective_method
         except APIError as exc:
             return self._refuse(labels, exc)
+        held = [body]  # the build step takes it: only the encoded bytes outlive it
+        del body
 
-        in_flight = self.metrics.in_flight.labels(labels.model)
-        in_flight.inc()
-        handed_off = False
-        forwarded = False
-        status = 500
-        try:
+        async def build() -> Upstream:
+            body = held.pop()
             prepared = await self.unless_disconnected(
                 request, self.prepare(body, frames_as_video=frames_as_video), deadline)
             upstream = prepared.body
             upstream.pop("earlytom", None)
             upstream.pop("mm_processor_kwargs", None)
             upstream.pop("request_id", None)  # vLLM's id comes from X-Request-Id
-            strip_client_uuids(upstream["messages"])
-            if overrides:
-                upstream["mm_processor_kwargs"] = {"earlytom": overrides}
+            key = self._video_settings(upstream, prepared, overrides, cfg)
             upstream["model"] = labels.model
-            strip_usage = False
-            if req.stream:
-                client_opts = body.get("stream_options") or {}
-                upstream["stream_options"] = {**client_opts, "include_usage": True}
-                strip_usage = not client_opts.get("include_usage")
-            content = encode_upstream(upstream)
-            del body, prepared, upstream  # the encoded bytes are all that is forwarded
+            strip_usage = ask_for_usage(body, upstream, stream=req.stream)
+            return Upstream(encode_upstream(upstream), strip_usage=strip_usage, key=key)
+
+        return await self._forward(request, t0, deadline, labels, build, path=CHAT_PATH,
+                                   stream=req.stream, client_fields=req.earlytom)
+
+    async def _completions(self, request: Request, t0: float, deadline: float, labels: Labels,
+                           declared: int | None) -> Response:
+        """``POST /v1/completions``: a text prompt (no media: nothing to compress, so the method
+        label is ``none``), relayed as chat is (limits, streaming, errors, metrics)."""
+        labels.method = "none"
+        try:
+            body, req = await self._read_request(request, labels, declared, deadline,
+                                                 CompletionRequest, COMPLETION_REJECTED_FIELDS)
+        except APIError as exc:
+            return self._refuse(labels, exc)
+        held = [body]
+        del body
+
+        async def build() -> Upstream:
+            body = held.pop()
+            upstream = {k: v for k, v in body.items() if k != "request_id"}
+            upstream["model"] = labels.model
+            strip_usage = ask_for_usage(body, upstream, stream=req.stream)
+            return Upstream(encode_upstream(upstream), strip_usage=strip_usage)
+
+        return await self._forward(request, t0, deadline, labels, build,
+                                   path=COMPLETIONS_PATH, stream=req.stream)
+
+    async def _forward(self, request: Request, t0: float, deadline: float, labels: Labels,
+                       build: Any, *, path: str, stream: bool,
+                       client_fields: dict[str, Any] | None = None) -> Response:
+        """Build the upstream body (``await build()``), send it, relay the answer, and count the
+        request (in flight, status, latency, tokens) however it ends."""
+        in_flight = self.metrics.in_flight.labels(labels.model)
+        in_flight.inc()
+        handed_off = False
+        forwarded = False
+        status = 500
+        try:
+            upstream: Upstream = await build()
             forwarded = True
             response, backend = await self.unless_disconnected(
-                request, self._send(labels.model, content, stream=req.stream), deadline)
+                request, self._send(labels.model, upstream.content, stream=stream, path=path,
+                                    key=upstream.key), deadline)
+            del upstream.content
             if response.status_code != 200:
-                status, resp = self._error_from_backend(response, client_fields=req.earlytom)
+                status, resp = self._error_from_backend(response, client_fields=client_fields)
                 return resp
-            if req.stream:
+            if stream:
                 handed_off = True
-                return self._stream(response, backend, labels, t0, strip_usage, deadline)
+                return self._stream(response, backend, labels, t0, upstream.strip_usage,
+                                    deadline)
             try:
                 data = response.json()
             except (ValueError, RecursionError):
                 raise APIError(502, "the backend returned invalid JSON",
                                code="backend_error") from None
             elapsed = time.perf_counter() - t0
-            self.metrics.ttft.labels(labels.model, labels.method).observe(elapsed)
+            # not a TTFT: the client saw nothing before the whole answer
+            self.metrics.non_streaming.labels(labels.model, labels.method).observe(elapsed)
+            self.metrics.e2e.labels(labels.model, labels.method).observe(elapsed)
             self._count_success(labels, data.get("usage") if isinstance(data, dict) else None)
             status = 200
             return Response(content=response.content, media_type="application/json")
@@ -587,6 +711,81 @@ class FrontEnd:
                 if forwarded:
                     self.metrics.duration.labels(labels.model, labels.method).observe(
                         time.perf_counter() - t0)
+
+    # -- tokenizer and version routes -------------------------------------------------------------
+    async def _utility(self, endpoint: str, work: Any) -> Response:
+        """Await ``work`` (a response) and count it under ``earlytom_utility_requests_total``;
+        errors become the same OpenAI bodies as chat's."""
+        try:
+            response: Response = await work
+        except APIError as exc:
+            response = exc.response()
+        except (BackendFailed, BackendUnavailable) as exc:
+            response = backend_error(exc).response()
+        except ClientGone:
+            self.metrics.utility.labels(endpoint, "499").inc()
+            return Response(status_code=204)
+        self.metrics.utility.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    async def tokenizer(self, request: Request, path: str) -> Response:
+        """``POST /tokenize`` and ``/detokenize``: the same auth, admission and media rules as
+        chat (a chat-form ``/tokenize`` with videos has them checked and rewritten, and its
+        ``earlytom`` settings forwarded, so the count is the compressed prompt's)."""
+        endpoint = path.lstrip("/")
+
+        async def handler(request: Request, t0: float, deadline: float, labels: Labels,
+                          declared: int | None) -> Response:
+            return await self._utility(endpoint, self._tokenizer(request, deadline, declared,
+                                                                 labels, path))
+
+        def refuse(labels: Labels, exc: APIError) -> Response:
+            self.metrics.utility.labels(endpoint, str(exc.status)).inc()
+            return exc.response()
+
+        return await self._admitted(request, handler, refuse)
+
+    async def _tokenizer(self, request: Request, deadline: float, declared: int | None,
+                         labels: Labels, path: str) -> Response:
+        body, req = await self._read_request(request, labels, declared, deadline,
+                                             TokenizeRequest, REJECTED_FIELDS)
+        upstream = {k: v for k, v in body.items() if k not in ("earlytom", "mm_processor_kwargs")}
+        upstream["model"] = labels.model
+        key = None
+        if path == TOKENIZE_PATH and req.messages is not None:
+            overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
+            prepared = await self.unless_disconnected(
+                request, self.prepare(upstream, frames_as_video=frames_as_video), deadline)
+            upstream = prepared.body
+            key = self._video_settings(upstream, prepared, overrides, cfg)
+        elif "earlytom" in body or "mm_processor_kwargs" in body:
+            name = "earlytom" if "earlytom" in body else "mm_processor_kwargs"
+            raise APIError(400, f"{name} applies to chat-form /tokenize requests (messages) "
+                           "only", param=name, code="invalid_value")
+        content = encode_upstream(upstream)
+        del body, upstream
+        response, _backend = await self.unless_disconnected(
+            request, self._send(labels.model, content, stream=False, path=path, key=key),
+            deadline)
+        if response.status_code != 200:
+            return self._error_from_backend(response, client_fields=req.earlytom)[1]
+        return Response(content=response.content, media_type="application/json")
+
+    async def version(self, request: Request) -> Response:
+        """``GET /version``: the version of the vLLM serving the requests (a ready backend's)."""
+        return await self._utility("version", self._version(request))
+
+    async def _version(self, request: Request) -> Response:
+        self.check_auth(request)
+        backend = self.pool.pick_any()
+        if backend is None:
+            raise APIError(503, "no backend is ready yet (see /health)",
+                           code="backend_unavailable")
+        response = await self.pool.send(backend, VERSION_PATH, None, stream=False,
+                                        method="GET", request_id=REQUEST_ID.get())
+        if response.status_code != 200:
+            return self._error_from_backend(response)[1]
+        return Response(content=response.content, media_type="application/json")
 
     async def unless_disconnected(self, request: Request, work: Any, deadline: float) -> Any:
         """Await ``work`` unless the client disconnects first (then cancel it, closing any
@@ -626,14 +825,15 @@ class FrontEnd:
         raise APIError(504, f"the request took longer than max_request_seconds "
                        f"({self.settings.max_request_seconds:g} s)", code="request_timeout")
 
-    async def _send(self, model: str, content: bytes, *, stream: bool
-                    ) -> tuple[Any, Backend]:
-        """Send to the least busy ready backend; retry elsewhere if it cannot be reached.
-        A streamed 200 response stays open and keeps the backend's in-flight count."""
+    async def _send(self, model: str, content: bytes, *, stream: bool, path: str = CHAT_PATH,
+                    key: str | None = None) -> tuple[Any, Backend]:
+        """Send to the backend the pool picks (``key``: the request's media affinity key);
+        retry elsewhere if it cannot be reached. A streamed 200 response stays open and keeps
+        the backend's in-flight count."""
         tried: set[int] = set()
         last: BackendUnavailable | None = None
         while True:
-            backend = self.pool.pick(model, tried)
+            backend = self.pool.pick(model, tried, key=key)
             if backend is None:
                 if last is not None:
                     raise last
@@ -642,7 +842,7 @@ class FrontEnd:
             tried.add(id(backend))
             backend.in_flight += 1
             try:
-                response = await self.pool.send(backend, CHAT_PATH, content, stream=stream,
+                response = await self.pool.send(backend, path, content, stream=stream,
                                                 request_id=REQUEST_ID.get())
             except BackendUnavailable as exc:
                 backend.in_flight -= 1
@@ -754,8 +954,10 @@ class FrontEnd:
                 ticket.release()
             metrics.in_flight.labels(labels.model).dec()
             metrics.requests.labels(labels.model, labels.method, str(outcome["status"])).inc()
-            metrics.duration.labels(labels.model, labels.method).observe(
-                time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            metrics.duration.labels(labels.model, labels.method).observe(elapsed)
+            if outcome["status"] == 200:
+                metrics.e2e.labels(labels.model, labels.method).observe(elapsed)
 
         async def close() -> None:
             # Runs once the response is over, however it ended (also if the client disconnected
@@ -819,6 +1021,20 @@ CHAT_OPENAPI: dict[str, Any] = {
             "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
     },
 }
+COMPLETIONS_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/CompletionRequest"}}},
+    },
+}
+TOKENIZE_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/TokenizeRequest"}}},
+    },
+}
 _ERROR = {"model": ErrorResponse}
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ChatCompletionResponse,
@@ -832,6 +1048,11 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         (431, "too many or too large headers"), (499, "the client went away"),
         (502, "the backend failed"), (503, "no backend ready, or draining"),
         (504, "backend or request time limit"))},
+}
+#: The other relayed routes answer what vLLM answers (relayed unchanged), or the same errors.
+RELAY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "vLLM's answer, relayed (JSON; server-sent events with stream: true)"},
+    **{code: spec for code, spec in CHAT_RESPONSES.items() if code != 200},
 }
 
 
@@ -865,11 +1086,12 @@ def create_app(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=__version__, routes=app.routes)
-            request_schema = ChatCompletionRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(request_schema.pop("$defs", {}))
-            components["ChatCompletionRequest"] = request_schema
+            for model in (ChatCompletionRequest, CompletionRequest, TokenizeRequest):
+                request_schema = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}")
+                components.update(request_schema.pop("$defs", {}))
+                components[model.__name__] = request_schema
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -896,6 +1118,22 @@ def create_app(
     @app.post(CHAT_PATH, openapi_extra=CHAT_OPENAPI, responses=CHAT_RESPONSES)
     async def chat_completions(request: Request) -> Response:
         return await front.chat(request)
+
+    @app.post(COMPLETIONS_PATH, openapi_extra=COMPLETIONS_OPENAPI, responses=RELAY_RESPONSES)
+    async def completions(request: Request) -> Response:
+        return await front.completions(request)
+
+    @app.post(TOKENIZE_PATH, openapi_extra=TOKENIZE_OPENAPI, responses=RELAY_RESPONSES)
+    async def tokenize(request: Request) -> Response:
+        return await front.tokenizer(request, TOKENIZE_PATH)
+
+    @app.post(DETOKENIZE_PATH, openapi_extra=TOKENIZE_OPENAPI, responses=RELAY_RESPONSES)
+    async def detokenize(request: Request) -> Response:
+        return await front.tokenizer(request, DETOKENIZE_PATH)
+
+    @app.get(VERSION_PATH)
+    async def version(request: Request) -> Response:
+        return await front.version(request)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:

@@ -116,7 +116,7 @@ class RequestGuard:
                                   f"the limit is {settings.max_header_count})",
                                   code="headers_too_large", close=True)
             elif front.draining and path != "/metrics":
-                if path.startswith("/v1/chat/"):
+                if path in ("/v1/chat/completions", "/v1/completions"):
                     front.metrics.rejected.labels("draining").inc()
                 if path == "/health":
                     body = {"status": "draining", **error_body(

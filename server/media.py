@@ -33,6 +33,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import io
 import ipaddress
 import os
@@ -111,10 +112,21 @@ class MediaPolicy:
 
 @dataclass(frozen=True)
 class PreparedVideo:
-    """A checked video: the URL to forward and the frames the backend will sample."""
+    """A checked video: the URL to forward, the frames the backend will sample, and ``key``, a
+    digest of its content (the bytes checked; for a frame list, its frames in order): the same
+    video gives the same key however it was sent, so requests about it can go to one backend."""
 
     url: str
     frames: int
+    key: str = ""
+
+
+def media_digest(*blobs: bytes) -> str:
+    """A short content digest of ``blobs`` in order (routing only: not a security boundary)."""
+    h = hashlib.blake2b(digest_size=16)
+    for blob in blobs:
+        h.update(blob)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,10 +384,13 @@ class MediaProcessor:
             lambda: fn(*args, **kwargs), limiter=self._limiter)
 
     # -- videos ---------------------------------------------------------------------------------
-    def _check(self, data: bytes, param: str | None) -> tuple[int, str | None]:
+    def _check(self, data: bytes, param: str | None) -> tuple[int, str | None, str]:
+        """(frames, replacement URL or None, content digest), in a worker thread."""
         p = self.policy
-        return inspect_video_bytes(data, num_frames=p.num_frames, max_frames=p.max_video_frames,
-                                   max_pixels=p.max_pixels, param=param)
+        frames, replacement = inspect_video_bytes(
+            data, num_frames=p.num_frames, max_frames=p.max_video_frames,
+            max_pixels=p.max_pixels, param=param)
+        return frames, replacement, media_digest(data)
 
     async def video(self, url: str, *, param: str | None = None) -> PreparedVideo:
         p = self.policy
@@ -388,29 +403,29 @@ class MediaProcessor:
             if mime == "video/jpeg":  # vLLM's frame-list form
                 return await self._frame_list(payload.split(","), param=param)
             data = decode_base64(payload, param=param, limit=p.max_video_bytes, what="video")
-            frames, replacement = await self._run(self._check, data, param)
+            frames, replacement, key = await self._run(self._check, data, param)
             del data
             if replacement is None and not url.startswith(f"data:{mime};base64,"):
                 replacement = f"data:{mime};base64,{payload}"  # the header normalised
-            return PreparedVideo(url=replacement or url, frames=frames)
+            return PreparedVideo(url=replacement or url, frames=frames, key=key)
         if scheme in ("http", "https"):
             data, ctype = await self.fetch(url, limit=p.max_video_bytes, param=param, what="video")
-            frames, replacement = await self._run(self._check, data, param)
+            frames, replacement, key = await self._run(self._check, data, param)
             mime = ctype if ctype and _MIME.fullmatch(ctype) and ctype.startswith("video/") \
                 and ctype != "video/jpeg" else "video/mp4"
             return PreparedVideo(
                 url=replacement or f"data:{mime};base64,{base64.b64encode(data).decode()}",
-                frames=frames)
+                frames=frames, key=key)
         if scheme == "file":
             path = self.local_path(url, param=param, limit=p.max_video_bytes, what="video")
             data = await self._read(path, param=param, what="video")
-            frames, replacement = await self._run(self._check, data, param)
+            frames, replacement, key = await self._run(self._check, data, param)
             if replacement is not None:
-                return PreparedVideo(url=replacement, frames=frames)
+                return PreparedVideo(url=replacement, frames=frames, key=key)
             if self._backend_dir is not None and is_inside(path, self._backend_dir):
-                return PreparedVideo(url=file_url(path), frames=frames)
+                return PreparedVideo(url=file_url(path), frames=frames, key=key)
             return PreparedVideo(url=f"data:video/mp4;base64,{base64.b64encode(data).decode()}",
-                                 frames=frames)
+                                 frames=frames, key=key)
         raise MediaError("video_url must be a data:, http(s):// or file:// URL", param=param,
                          code="unsupported_url")
 
@@ -442,13 +457,13 @@ class MediaProcessor:
                              ) -> PreparedVideo:
         max_pixels = self.policy.max_pixels
 
-        def work() -> str:
+        def work() -> tuple[str, str]:
             images = [decode_image(b, param=pr, max_pixels=max_pixels)
                       for b, pr in zip(blobs, params, strict=True)]
-            return frames_to_jpeg_video(images)
+            return frames_to_jpeg_video(images), media_digest(*blobs)
 
-        url = await self._run(work)
-        return PreparedVideo(url=url, frames=len(blobs))
+        url, key = await self._run(work)
+        return PreparedVideo(url=url, frames=len(blobs), key=key)
 
     async def frames_as_video(self, urls: Sequence[tuple[str, str | None]]) -> PreparedVideo:
         """Image URLs (with their params) -> one ``data:video/jpeg`` video of at most

@@ -1,8 +1,13 @@
-"""The backend pool: health polling, fewest-in-flight routing, and relaying (JSON and SSE).
+"""The backend pool: health polling, routing, and relaying (JSON and SSE).
 
 A backend is *ready* when ``GET /health`` answers 200 and ``GET /v1/models`` lists its models.
 Requests go to the ready backend serving the model with the fewest requests in flight (ties
-rotate). A backend that fails a request (connection refused, reset, garbage) is marked down at once
+rotate), except requests about a video: those carry an *affinity key* (the video's content
+digest) and go to the ready backend that key ranks first by rendezvous (highest-random-weight)
+hashing, so that follow-up questions about a video meet the engine whose multimodal and prefix
+caches already hold it. When that backend is at its in-flight limit the request goes to the least
+loaded one instead; when it is down the key's next-ranked backend takes it (and only the keys of
+a backend that left move: the others keep theirs). A backend that fails a request (connection refused, reset, garbage) is marked down at once
 and re-checked at the next poll; a request that could not even connect is retried on another
 backend, a request that was already sent is not (it may have run).
 """
@@ -11,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
@@ -73,8 +80,12 @@ class BackendPool:
         health_timeout: float = 5.0,
         request_timeout: float = 600.0,
         api_key: str | None = None,
+        max_in_flight: int | None = None,
+        backend_max_in_flight: int | None = None,
     ) -> None:
         self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.backend_max_in_flight = backend_max_in_flight
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.request_timeout = request_timeout
@@ -234,25 +245,55 @@ class BackendPool:
         order = {id(b): (i - start) % n for i, b in enumerate(self.backends)}
         return sorted(ready, key=lambda b: (b.in_flight, order[id(b)]))
 
-    def pick(self, model: str, exclude: Collection[int] = ()) -> Backend | None:
-        """The ready backend serving ``model`` with the fewest requests in flight (ties rotate),
-        skipping ``exclude`` (ids of backends already tried)."""
+    def affinity_limit(self, ready: int) -> int | None:
+        """In-flight requests at which a backend stops taking affine requests: the setting, else
+        its fair share of the front end's ``max_in_flight`` over ``ready`` backends."""
+        if self.backend_max_in_flight is not None:
+            return self.backend_max_in_flight
+        if self.max_in_flight is None:
+            return None
+        return math.ceil(self.max_in_flight / max(1, ready))
+
+    def pick(self, model: str, exclude: Collection[int] = (), *, key: str | None = None
+             ) -> Backend | None:
+        """The backend for a request, skipping ``exclude`` (ids of backends already tried).
+
+        Without ``key``: the ready backend serving ``model`` with the fewest requests in flight
+        (ties rotate). With ``key``: the ready one ``key`` ranks first by rendezvous hashing,
+        unless it is at its in-flight limit (then the least loaded)."""
         ranked = self.candidates(model, exclude)
         if not ranked:
             return None
         self._rr += 1
+        if key is None:
+            self.metrics.routed.labels("least_loaded").inc()
+            return ranked[0]
+        affine = max(ranked, key=lambda b: rendezvous_score(key, b.url))
+        limit = self.affinity_limit(len(ranked))
+        if limit is None or affine.in_flight < limit:
+            self.metrics.routed.labels("affinity").inc()
+            return affine
+        self.metrics.routed.labels("affinity_overflow").inc()
         return ranked[0]
 
+    def pick_any(self) -> Backend | None:
+        """The ready backend with the fewest requests in flight, whatever it serves."""
+        ready = [b for b in self.backends if b.healthy]
+        return min(ready, key=lambda b: b.in_flight) if ready else None
+
     # -- requests ---------------------------------------------------------------------------------
-    async def send(self, backend: Backend, path: str, content: bytes, *, stream: bool,
-                   request_id: str | None = None) -> httpx.Response:
+    async def send(self, backend: Backend, path: str, content: bytes | None, *, stream: bool,
+                   request_id: str | None = None, method: str = "POST") -> httpx.Response:
         """POST the JSON ``content`` to the backend (with ``X-Request-Id``: vLLM makes it the
-        engine's request id); the response is open (streamed) if ``stream``."""
-        headers = {**self.headers(), "content-type": "application/json",
+        engine's request id), or ``method`` without a body; the response is open (streamed) if
+        ``stream``."""
+        headers = {**self.headers(),
                    "accept": "text/event-stream" if stream else "application/json"}
+        if content is not None:
+            headers["content-type"] = "application/json"
         if request_id:
             headers["x-request-id"] = request_id
-        request = self.client.build_request("POST", f"{backend.url}{path}", content=content,
+        request = self.client.build_request(method, f"{backend.url}{path}", content=content,
                                             headers=headers)
         try:
             response = await self.client.send(request, stream=True)
@@ -278,6 +319,12 @@ class BackendPool:
         return response
 
 
+def rendezvous_score(key: str, url: str) -> int:
+    """The weight of backend ``url`` for ``key`` (rendezvous hashing: the highest wins)."""
+    digest = hashlib.blake2b(f"{key}\n{url}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
@@ -298,7 +345,10 @@ class StreamState:
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:
+    """A chat chunk with content in its delta, or a completion chunk with text."""
     for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str) and choice["text"]:
+            return True
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if isinstance(delta, dict) and (
             delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")

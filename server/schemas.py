@@ -12,7 +12,10 @@ The ``earlytom`` extension (request body, next to ``messages``)::
                                                  # video (what lmms-eval's openai backend sends);
                                                  # default: the server's --frames-as-video
 
-is forwarded to vLLM as ``mm_processor_kwargs: {"earlytom": {...}}`` (without ``frames_as_video``).
+is forwarded to vLLM as ``mm_processor_kwargs: {"earlytom": {...}}`` (without ``frames_as_video``),
+in one canonical form (sorted keys, effective values, server-wide settings omitted) so that equal
+settings share vLLM's multimodal cache entries; an image-only request forwards none
+(``app.canonical_earlytom``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,43 @@ class ChatCompletionRequest(_Open):
 REJECTED_FIELDS = {
     "media_io_kwargs": "media_io_kwargs is not accepted: the front end decides how media is loaded",
 }
+
+
+class CompletionRequest(_Open):
+    """An OpenAI (legacy) completion request: a text or token prompt, relayed to vLLM's
+    ``/v1/completions`` (unknown fields pass through to vLLM, which validates them)."""
+
+    model: StrictStr | None = None
+    prompt: StrictStr | list[StrictStr] | list[int] | list[list[int]]
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1)
+    seed: int | None = None
+
+
+#: Fields a completion request may not carry: it has no video to compress, and prompt embeddings
+#: would reach the engine without any of the front end's checks.
+COMPLETION_REJECTED_FIELDS = {
+    **REJECTED_FIELDS,
+    "prompt_embeds": "prompt_embeds is not accepted: send a text or token-id prompt",
+    "earlytom": "earlytom settings apply to videos: /v1/completions has none (use "
+                "/v1/chat/completions)",
+    "mm_processor_kwargs": "mm_processor_kwargs is not accepted on /v1/completions (it has no "
+                           "media)",
+}
+
+
+class TokenizeRequest(_Open):
+    """vLLM's ``/tokenize`` (``prompt``, or chat-form ``messages``, checked as chat's are) and
+    ``/detokenize`` (``tokens``) requests; other fields pass through to vLLM."""
+
+    model: StrictStr | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    earlytom: dict[str, Any] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
 
 
 class ErrorInfo(BaseModel):

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         default_factory=list, json_schema_extra={"flag": "--backend"})
     """vLLM server URLs to proxy to (repeatable flag; env: JSON list or comma-separated). None:
     start one vLLM server as a supervised child."""
+    backend_max_in_flight: int | None = Field(None, ge=1)
+    """Requests one backend may serve before requests about a video it holds go to the least
+    loaded backend instead (media affinity gives way). Unset: max_in_flight divided by the ready
+    backends, rounded up."""
     backend_api_key: SecretStr | None = None
     """Bearer key sent to the backends (a random one is generated for a spawned backend)."""
     health_interval: float = Field(2.0, gt=0)

@@ -48,6 +48,8 @@ K8S_DIR = DOCKER / "k8s"
 FRONTEND_METRICS = {
     "earlytom_time_to_first_token_seconds": "histogram",
     "earlytom_request_duration_seconds": "histogram",
+    "earlytom_e2e_request_latency_seconds": "histogram",
+    "earlytom_non_streaming_request_latency_seconds": "histogram",
     "earlytom_output_tokens_total": "counter",
     "earlytom_prompt_tokens_total": "counter",
     "earlytom_requests_total": "counter",

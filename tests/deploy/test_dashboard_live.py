@@ -52,6 +52,11 @@ MUST_HAVE_DATA = {
     "Visual tokens before vs after compression",
     "Compression ratio (kept / produced)",
     "Visual tokens per request",
+    # caches and latency (the same video is asked about six times: the multimodal cache answers)
+    "Multimodal cache hit rate (engine)",
+    "Prefix cache hit rate (engine)",
+    "Inter-token latency p50 / p95 / p99 (engine)",
+    "End-to-end latency p50 / p95 / p99",
 }
 
 
@@ -205,7 +210,7 @@ TARGETS = panel_targets()
 
 def test_variables(prom):
     p, model = prom["prometheus"], prom["model"]
-    expected = {"model": model, "instance": "127.0.0.1"}
+    expected = {"model_name": model, "instance": "127.0.0.1"}
     for name, var in template_variables().items():
         query, label = label_values_as_promql(variable_query(var))
         result = p.query(query)
@@ -217,7 +222,8 @@ def test_variables(prom):
 @pytest.mark.parametrize("target", TARGETS, ids=[t.label for t in TARGETS])
 def test_panel_query(prom, target):
     p = prom["prometheus"]
-    expr = substitute(target.expr, {"model": ".*", "instance": ".*"}, rate_interval=RATE_INTERVAL)
+    expr = substitute(target.expr, {"model_name": ".*", "instance": ".*"},
+                      rate_interval=RATE_INTERVAL)
     result = p.query(expr)
     assert result["status"] == "success", f"{target.label}: {expr}\n{result}"
     if target.panel in MUST_HAVE_DATA:  # waits for the scrapes / rule runs it needs (or fails)

@@ -82,8 +82,8 @@ def test_datasource_uid_matches_provisioning(dashboard, datasource_uid):
 
 def test_template_variables(dashboard):
     variables = template_variables(dashboard)
-    assert {"model", "instance"} <= set(variables)
-    for name in ("model", "instance"):
+    assert {"model_name", "instance"} <= set(variables)
+    for name in ("model_name", "instance"):
         var = variables[name]
         assert var["type"] == "query"
         _query, label = label_values_as_promql(variable_query(var))
@@ -95,14 +95,15 @@ def test_template_variables(dashboard):
         used |= set(re.findall(r"\$\{?(\w+)", t.expr))
     builtins = {"__rate_interval", "__interval", "__range"}
     assert used - builtins <= set(variables), used
-    # ... and panels use them: front end by model/instance, engine by model_name/instance
+    # ... and panels use them: front end and engine alike by model_name (vLLM's label) / instance
     for t in panel_targets(dashboard):
+        assert 'model=~' not in t.expr and "by (model)" not in t.expr, t.label
         for metric in t.metrics:
             # per-backend series carry no model label
-            if metric.startswith("earlytom_") and not metric.startswith("earlytom_backend_"):
-                assert 'model=~"$model"' in t.expr and 'instance=~"$instance"' in t.expr, t.label
-            if metric.startswith("vllm:"):
-                assert 'model_name=~"$model"' in t.expr and 'instance=~"$instance"' in t.expr, t.label
+            if metric.startswith(("earlytom_", "vllm:")) and \
+                    not metric.startswith("earlytom_backend_"):
+                assert 'model_name=~"$model_name"' in t.expr and \
+                    'instance=~"$instance"' in t.expr, t.label
 
 
 def test_rates_use_rate_interval(dashboard):
@@ -113,7 +114,7 @@ def test_rates_use_rate_interval(dashboard):
 
 def test_substitution_leaves_valid_looking_promql(dashboard):
     for t in panel_targets(dashboard):
-        expr = substitute(t.expr, {"model": ".*", "instance": ".*"})
+        expr = substitute(t.expr, {"model_name": ".*", "instance": ".*"})
         assert "$" not in expr and expr.count("(") == expr.count(")"), t.label
 
 
@@ -138,6 +139,13 @@ def test_required_views(dashboard):
     assert panel_with("earlytom_requests_in_flight")
     assert panel_with("vllm:kv_cache_usage_perc")
     assert panel_with("earlytom_backend_up")
+    # caches and latency, by vLLM's own series (issue 14)
+    assert panel_with("vllm:mm_cache_hits_total", "vllm:mm_cache_queries_total")
+    assert panel_with("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
+    assert panel_with("vllm:inter_token_latency_seconds_bucket")
+    assert panel_with("earlytom_e2e_request_latency_seconds_bucket",
+                      "vllm:e2e_request_latency_seconds_bucket")
+    assert panel_with("earlytom_non_streaming_request_latency_seconds_bucket")
     assert {"vllm:generation_tokens_total", "vllm:num_requests_running",
             "vllm:num_requests_waiting", "vllm:request_prompt_tokens_sum"} <= allm
     quantiles = {q for t in panel_targets(dashboard) if "time_to_first_token" in t.expr

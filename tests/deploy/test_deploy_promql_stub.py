@@ -42,7 +42,7 @@ class EngineStub:
                             buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0))
             for name in ("vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds",
                          "vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds",
-                         "vllm:e2e_request_latency_seconds")
+                         "vllm:e2e_request_latency_seconds", "vllm:inter_token_latency_seconds")
         }
         self.prompt_hist = Histogram("vllm:request_prompt_tokens", "p", labels, registry=r,
                                      buckets=(100, 500, 1000, 5000, 10000))
@@ -51,6 +51,9 @@ class EngineStub:
         self.running = Gauge("vllm:num_requests_running", "r", labels, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "w", labels, registry=r)
         self.kv = Gauge("vllm:kv_cache_usage_perc", "k", labels, registry=r)
+        self.caches = {name: (Counter(f"vllm:{name}_queries", "q", labels, registry=r),
+                              Counter(f"vllm:{name}_hits", "h", labels, registry=r))
+                       for name in ("mm_cache", "prefix_cache")}
         from earlytom_vllm.metrics import VisualTokenCounters
 
         self.visual = VisualTokenCounters(r)  # the EarlyTom processor's, on vLLM's /metrics
@@ -65,12 +68,18 @@ class EngineStub:
         self.running.labels(*lv).set(rng.randint(0, 4))
         self.waiting.labels(*lv).set(rng.randint(0, 2))
         self.kv.labels(*lv).set(rng.uniform(0.05, 0.6))
+        for queries, hits in self.caches.values():
+            asked = rng.randint(1, 10)
+            queries.labels(*lv).inc(asked)
+            hits.labels(*lv).inc(rng.randint(0, asked))
 
 
 def frontend_tick(metrics, rng: random.Random) -> None:
     for method in METHODS:
         metrics.ttft.labels(MODEL, method).observe(rng.uniform(0.05, 2.0))
         metrics.duration.labels(MODEL, method).observe(rng.uniform(0.5, 6.0))
+        metrics.e2e.labels(MODEL, method).observe(rng.uniform(0.5, 6.0))
+        metrics.non_streaming.labels(MODEL, method).observe(rng.uniform(0.5, 6.0))
         metrics.output_tokens.labels(MODEL, method).inc(rng.randint(1, 64))
         metrics.prompt_tokens.labels(MODEL, method).inc(rng.randint(300, 3000))
         metrics.requests.labels(MODEL, method, "200").inc()
@@ -138,7 +147,7 @@ def test_relabelling_gives_one_instance_per_host(prom):
 
 
 def test_variables(prom):
-    expected = {"model": MODEL, "instance": "127.0.0.1"}
+    expected = {"model_name": MODEL, "instance": "127.0.0.1"}
     for name, var in template_variables().items():
         query, label = label_values_as_promql(variable_query(var))
         result = prom.query(query)
@@ -150,8 +159,8 @@ def test_variables(prom):
 @pytest.mark.parametrize("target", TARGETS, ids=[t.label for t in TARGETS])
 @pytest.mark.parametrize("selection", ["all", "one"])
 def test_panel_query(prom, target, selection):
-    values = ({"model": ".*", "instance": ".*"} if selection == "all"
-              else {"model": MODEL, "instance": "127\\\\.0\\\\.0\\\\.1"})
+    values = ({"model_name": ".*", "instance": ".*"} if selection == "all"
+              else {"model_name": MODEL, "instance": "127\\\\.0\\\\.0\\\\.1"})
     expr = substitute(target.expr, values, rate_interval=RATE_INTERVAL)
     result = prom.query(expr)
     assert result["status"] == "success", f"{target.label}: {expr}\n{result}"

@@ -200,7 +200,85 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    add_fake_relay_routes(app, model, words)
     return app
+
+
+def add_fake_relay_routes(app: FastAPI, model: str, words: tuple[str, ...]) -> None:
+    """vLLM's other OpenAI routes, as the front end relays them: ``/v1/completions`` (JSON and
+    SSE; ``[reject]`` in the prompt -> HTTP 400), ``/tokenize`` (one token per character of the
+    prompt, or per message part), ``/detokenize`` and ``/version``. Bodies are kept in
+    ``app.state.relayed`` as (path, body)."""
+    app.state.relayed = []
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        body = await request.json()
+        app.state.relayed.append(("/v1/completions", body))
+        prompt = body.get("prompt")
+        if "[reject]" in str(prompt):
+            return JSONResponse({"error": {"message": "rejected by the fake backend",
+                                           "type": "BadRequestError", "param": "prompt",
+                                           "code": 400}}, status_code=400)
+        rid = f"cmpl-{len(app.state.relayed)}"
+        created = int(time.time())
+        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(words),
+                 "total_tokens": PROMPT_TOKENS + len(words)}
+        if not body.get("stream"):
+            return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": "".join(words), "finish_reason": "stop",
+                                 "logprobs": None}], "usage": usage}
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(text: str, finish: str | None = None) -> bytes:
+            data = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                                 "logprobs": None}]}
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        async def events() -> Any:
+            for piece in words:
+                await asyncio.sleep(0.01)
+                yield chunk(piece)
+            yield chunk("", "stop")
+            if include_usage:
+                data = {"id": rid, "object": "text_completion", "created": created,
+                        "model": model, "choices": [], "usage": usage}
+                yield f"data: {json.dumps(data)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Any:
+        body = await request.json()
+        app.state.relayed.append(("/tokenize", body))
+        messages, prompt = body.get("messages"), body.get("prompt")
+        if isinstance(messages, list):
+            n = sum(len(m["content"]) if isinstance(m.get("content"), list) else 1
+                    for m in messages)
+        elif isinstance(prompt, str):
+            n = len(prompt)
+        else:  # vLLM's own answer to a body that is neither form
+            return JSONResponse({"error": {"message": "prompt: Field required",
+                                           "type": "BadRequestError", "param": "prompt",
+                                           "code": 400}}, status_code=400)
+        return {"count": n, "max_model_len": 4096, "tokens": list(range(n))}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Any:
+        body = await request.json()
+        app.state.relayed.append(("/detokenize", body))
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            return JSONResponse({"error": {"message": "tokens: Field required",
+                                           "type": "BadRequestError", "param": "tokens",
+                                           "code": 400}}, status_code=400)
+        return {"prompt": "".join(chr(97 + t % 26) for t in tokens)}
+
+    @app.get("/version")
+    async def version() -> Any:
+        return {"version": "0.32.0"}
 
 
 class Gate:

@@ -306,7 +306,7 @@ def test_engine_metrics_count_visual_tokens(served):
     def value(text: str, name: str, method: str) -> float:
         for line in text.splitlines():
             if line.startswith(name + "{") and f'method="{method}"' in line and \
-                    f'model="{served.model}"' in line:
+                    f'model_name="{served.model}"' in line:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
@@ -346,7 +346,7 @@ def test_visual_token_count_is_the_engines_for_edit_lists_and_long_videos(served
         got = []
         for name in ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total"):
             got.append(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                           if line.startswith(name + "{") and f'model="{served.model}"' in line))
+                           if line.startswith(name + "{") and f'model_name="{served.model}"' in line))
         return got[0], got[1]
 
     for path, frames in ((trimmed, 28), (long, 32)):
@@ -418,6 +418,78 @@ def test_prometheus_scrapes_ttft(served, tmp_path):
         prom.wait(timeout=30)
 
 
+# -- multimodal cache keys ------------------------------------------------------------------------
+
+
+def test_equal_settings_hit_the_multimodal_cache(served, tmp_path):
+    """vLLM's multimodal cache key hashes mm_processor_kwargs as sent: the front end's canonical
+    form makes reordered-equal settings hit the entry the first request made, and different
+    settings miss it (read from vLLM's own vllm:mm_cache_* counters on the backend)."""
+    clip = write_mp4(tmp_path / "cache.mp4", frames=FRAMES, size=(80, 64))  # new to the cache
+    content = video_content(data_url(clip))
+    client = served.client()
+
+    def cache() -> tuple[float, float]:
+        text = httpx.get(f"{served.backend_url}/metrics", timeout=30).text
+        out = []
+        for name in ("vllm:mm_cache_queries_total", "vllm:mm_cache_hits_total"):
+            out.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith(name + "{")))
+        return out[0], out[1]
+
+    def ask(earlytom: dict) -> tuple[float, float]:
+        before = cache()
+        client.chat.completions.create(model=served.model, max_tokens=1, temperature=0,
+                                       messages=[{"role": "user", "content": content}],
+                                       extra_body={"earlytom": earlytom})
+        after = cache()
+        return after[0] - before[0], after[1] - before[1]
+
+    queries, hits = ask({"retain_ratio": 0.3, "tau": 0.4})
+    assert queries >= 1 and hits == 0
+    queries, hits = ask({"tau": 0.4, "retain_ratio": 0.3})  # the same settings, reordered
+    assert queries >= 1 and hits == queries
+    queries, hits = ask({"tau": 0.4, "retain_ratio": 0.35})  # different: a miss
+    assert queries >= 1 and hits == 0
+
+
+def test_relayed_routes_against_the_engine(served):
+    """/v1/completions (JSON, SSE, the openai client's completions API), /tokenize (prompt and
+    chat form with a compressed video), /detokenize and /version, through the front end, answered
+    by the real vLLM."""
+    client = served.client()
+    out = client.completions.create(model=served.model, prompt="Hello", max_tokens=3,
+                                    temperature=0)
+    assert isinstance(out.choices[0].text, str) and out.usage.prompt_tokens > 0
+    stream = client.completions.create(model=served.model, prompt="Hello", max_tokens=3,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True})
+    assert "".join(c.choices[0].text for c in stream if c.choices)
+    with httpx.Client(base_url=served.url, timeout=300) as c:
+        tok = c.post("/tokenize", json={"model": served.model, "prompt": "Hello world"})
+        assert tok.status_code == 200, tok.text
+        tokens = tok.json()["tokens"]
+        detok = c.post("/detokenize", json={"model": served.model, "tokens": tokens})
+        assert detok.status_code == 200 and "Hello" in detok.json()["prompt"], detok.text
+
+        def counted(ratio: float) -> int:
+            r = c.post("/tokenize", json={
+                "model": served.model, "earlytom": {"retain_ratio": ratio},
+                "messages": [{"role": "user", "content": video_content(
+                    f"file://{served.video}")}]})
+            assert r.status_code == 200, r.text
+            return r.json()["count"]
+
+        assert counted(0.25) < counted(1.0)  # the count is the compressed prompt's
+        version = c.get("/version")
+        assert version.status_code == 200 and version.json()["version"].startswith("0.32")
+        bad = c.post("/v1/completions", json={"model": served.model, "prompt": "x",
+                                              "max_tokens": "many"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+        metrics = c.get("/metrics").text
+    assert f'earlytom_time_to_first_token_seconds_count{{method="none",model_name="{served.model}"}}' \
+        in metrics
+
+
 # -- faults -------------------------------------------------------------------------------------------
 
 
@@ -468,4 +540,3 @@ def test_ctrl_c_stops_the_backend_without_orphans(served):
     assert wait_for(lambda: not pid_alive(backend_pid), timeout=10)
     # nothing left in the backend's process group (API server, engine core, workers)
     assert wait_for(lambda: group_members(backend_pid) == [], timeout=10), served.log_tail()
-

@@ -464,21 +464,31 @@ def test_metrics_names_types_and_values(client, videos):
     assert types["earlytom_backend_up"] == "gauge"
 
     m = metrics(client)
-    et = (("method", "earlytom"), ("model", "fake-model"))
-    none = (("method", "none"), ("model", "fake-model"))
+    et = (("method", "earlytom"), ("model_name", "fake-model"))
+    none = (("method", "none"), ("model_name", "fake-model"))
     assert m["earlytom_requests_total"][(*et, ("status", "200"))] == 2
     assert m["earlytom_requests_total"][(*none, ("status", "200"))] == 1
     assert m["earlytom_requests_total"][(*et, ("status", "400"))] == 1
     assert m["earlytom_prompt_tokens_total"][et] == 2 * PROMPT_TOKENS
     assert m["earlytom_output_tokens_total"][et] == 2 * 3
-    assert m["earlytom_time_to_first_token_seconds_count"][et] == 2
+    # TTFT for the streamed request only; the non-streamed one has its own latency histogram
+    assert m["earlytom_time_to_first_token_seconds_count"][et] == 1
+    assert m["earlytom_non_streaming_request_latency_seconds_count"][et] == 1
+    assert m["earlytom_e2e_request_latency_seconds_count"][et] == 2
     assert m["earlytom_request_duration_seconds_count"][et] == 2
-    assert m["earlytom_requests_in_flight"][(("model", "fake-model"),)] == 0
+    assert m["earlytom_e2e_request_latency_seconds_count"][none] == 1
+    assert m["earlytom_requests_in_flight"][(("model_name", "fake-model"),)] == 0
     (backend_up,) = m["earlytom_backend_up"].values()
     assert backend_up == 1
     buckets = [dict(k)["le"] for k in m["earlytom_time_to_first_token_seconds_bucket"]
                if dict(k)["method"] == "earlytom"]
-    assert "0.01" in buckets and "60.0" in buckets
+    assert "0.001" in buckets and "2560.0" in buckets  # vLLM's TTFT range
+    from earlytom_server.metrics import TTFT_BUCKETS
+
+    assert [float(b) for b in buckets if b != "+Inf"] == list(TTFT_BUCKETS)
+    (build,) = m["earlytom_build_info"]
+    assert dict(build)["version"] and dict(build)["vllm_version"]
+    assert m["process_resident_memory_bytes"][()] > 0
 
 
 def test_each_app_has_its_own_registry(make_front, fake_backend):
@@ -487,7 +497,7 @@ def test_each_app_has_its_own_registry(make_front, fake_backend):
     with httpx.Client(base_url=a.url) as ca, httpx.Client(base_url=b.url) as cb:
         good_request(ca)
         ma, mb = metrics(ca), metrics(cb)
-    key = (("method", "earlytom"), ("model", "fake-model"), ("status", "200"))
+    key = (("method", "earlytom"), ("model_name", "fake-model"), ("status", "200"))
     assert ma["earlytom_requests_total"][key] == 1
     assert key not in mb.get("earlytom_requests_total", {})
 
@@ -496,7 +506,7 @@ def test_ttft_measured_at_first_content_chunk(client, fake_backend):
     """The backend holds the stream (at its gate) after the role-only chunk and again after the
     first content chunk: TTFT is observed exactly when the first CONTENT chunk is relayed, while
     the request is still in flight, and the duration only when the stream ends."""
-    et = (("method", "earlytom"), ("model", "fake-model"))
+    et = (("method", "earlytom"), ("model_name", "fake-model"))
     gate = fake_backend.app.state.gate
 
     def observed(name: str) -> float:

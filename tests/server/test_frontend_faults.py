@@ -144,9 +144,9 @@ def test_client_disconnect_cancels_the_upstream_request(front, fake_backend):
     assert wait_for(lambda: front.front.pool.backends[0].in_flight == 0)
     with httpx.Client(base_url=front.url) as c:
         text = c.get("/metrics").text
-        assert 'earlytom_requests_total{method="earlytom",model="fake-model",status="499"} 1.0' \
+        assert 'earlytom_requests_total{method="earlytom",model_name="fake-model",status="499"} 1.0' \
             in text
-        assert 'earlytom_requests_in_flight{model="fake-model"} 0.0' in text
+        assert 'earlytom_requests_in_flight{model_name="fake-model"} 0.0' in text
         assert c.post("/v1/chat/completions", json=chat("hi")).status_code == 200
 
 
