@@ -1,7 +1,8 @@
 """End to end with the REAL engine: ``earlytom-serve`` starts vLLM (CPU) with the EarlyTom plugin on
 the tiny local checkpoint; the ``openai`` client talks to it; a real Prometheus scrapes it.
 
-One server per module (start ~30-60 s on 2 cores). Run: ``pytest -m engine tests/server``.
+One server per module (start ~30-60 s on 2 cores); the affinity test starts one more vLLM engine
+and puts both behind a second front end. Run: ``pytest -m engine tests/server``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVE = str(Path(sys.executable).with_name("earlytom-serve"))
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 FRAMES = 8
+BACKEND_KEY = "engine-e2e-backend-key"  # the spawned backend's VLLM_API_KEY
 TTFT_P50 = ("histogram_quantile(0.5, sum by (le) "
             "(rate(earlytom_time_to_first_token_seconds_bucket[1m])))")
 
@@ -121,8 +123,10 @@ def served(tmp_path_factory) -> Iterator[Served]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp / "earlytom-serve.log"
+    # a known backend key (not a random one): a second front end can then use this backend too
     proc = start_serve(["--port", str(port), "--media-dir", str(media_dir),
-                        "--health-interval", "0.5"], log, url, timeout=600)
+                        "--backend-api-key", BACKEND_KEY, "--health-interval", "0.5"],
+                       log, url, timeout=600)
     health = httpx.get(f"{url}/health").json()
     model = health["backends"][0]["models"][0]
     sup = health["supervisor"]
@@ -451,6 +455,119 @@ def test_equal_settings_hit_the_multimodal_cache(served, tmp_path):
     assert queries >= 1 and hits == queries
     queries, hits = ask({"tau": 0.4, "retain_ratio": 0.35})  # different: a miss
     assert queries >= 1 and hits == 0
+
+
+def vllm_counters(backend_url: str) -> dict[str, float]:
+    """vLLM's multimodal- and prefix-cache counters on one backend, summed over labels."""
+    text = httpx.get(f"{backend_url}/metrics", timeout=30).text
+    names = ("vllm:mm_cache_queries_total", "vllm:mm_cache_hits_total",
+             "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
+    return {name.split(":")[1].removesuffix("_total"): sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith(name + "{")) for name in names}
+
+
+def test_follow_up_about_a_video_hits_the_cache_of_the_backend_that_saw_it(served, tmp_path):
+    """Two real engines behind one front end (``--backend A --backend B``): the module's backend
+    (A) and ONE more vLLM started here exactly as the supervisor starts it (B). A follow-up question
+    about a video goes to the backend its digest ranks first, and hits that backend's multimodal
+    and prefix caches; the other backend's counters do not move; a video that ranks B first goes
+    to B."""
+    from earlytom_server.media import media_digest
+    from earlytom_server.proxy import rendezvous_score
+    from earlytom_server.settings import Settings
+    from earlytom_server.supervisor import (
+        backend_env,
+        build_vllm_command,
+        resolve_dtype,
+        resolve_model,
+    )
+
+    a = served.backend_url
+    b = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(backend_api_key=BACKEND_KEY)  # the fixture's front end's defaults
+    model, name = resolve_model(settings)
+    assert name == served.model  # both engines serve the name the front end routes by
+    cmd = build_vllm_command(settings, model=model, served_model_name=name,
+                             port=int(b.rsplit(":", 1)[1]), media_dir=served.media_dir,
+                             dtype=resolve_dtype(settings.dtype))
+    b_log = tmp_path / "vllm-b.log"
+    with b_log.open("w") as out:  # start B first: it loads while the clips are made
+        engine_b = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    env=backend_env(settings, BACKEND_KEY),
+                                    start_new_session=True)
+    front = None
+    try:
+        # one clip new to every cache that ranks A first, one that ranks B first
+        by_backend: dict[str, bytes] = {}
+        for i in range(16):
+            clip = write_mp4(tmp_path / f"affinity{i}.mp4", frames=FRAMES,
+                             size=(72 + 8 * (i % 4), 40 + 8 * (i // 4))).read_bytes()
+            first = max((a, b), key=lambda u: rendezvous_score(media_digest(clip), u))
+            by_backend.setdefault(first, clip)
+            if len(by_backend) == 2:
+                break
+        assert len(by_backend) == 2
+
+        def b_ready() -> bool:
+            r = _get(f"{b}/health")
+            return engine_b.poll() is not None or (r is not None and r.status_code == 200)
+
+        assert wait_for(b_ready, timeout=600, interval=0.5) and engine_b.poll() is None, \
+            "\n".join(b_log.read_text(errors="replace").splitlines()[-60:])
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        front = start_serve(["--port", str(port), "--backend", a, "--backend", b,
+                             "--backend-api-key", BACKEND_KEY, "--media-dir",
+                             str(served.media_dir), "--health-interval", "0.5"],
+                            tmp_path / "front.log", url, timeout=120)
+
+        def both_ready() -> bool:
+            backends = httpx.get(f"{url}/health", timeout=10).json()["backends"]
+            return sorted(x["url"] for x in backends if x["ready"]) == sorted((a, b))
+
+        assert wait_for(both_ready, timeout=60)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+                               timeout=300)
+
+        def ask(clip: bytes, text: str) -> tuple[dict[str, float], dict[str, float]]:
+            before = {u: vllm_counters(u) for u in (a, b)}
+            client.chat.completions.create(
+                model=served.model, max_tokens=1, temperature=0,
+                messages=[{"role": "user", "content": video_content(
+                    "data:video/mp4;base64," + base64.b64encode(clip).decode(), text)}])
+            after = {u: vllm_counters(u) for u in (a, b)}
+            delta = {u: {k: after[u][k] - before[u][k] for k in after[u]} for u in (a, b)}
+            return delta[a], delta[b]
+
+        clip_a = by_backend[a]
+        first_a, first_b = ask(clip_a, "Describe the video.")
+        assert first_a["mm_cache_queries"] >= 1 and first_a["mm_cache_hits"] == 0  # new to A
+        assert not any(first_b.values())  # B never saw it
+        follow_a, follow_b = ask(clip_a, "What colour is it?")
+        print(f"\nfirst question on A: {first_a}\nfollow-up on A: {follow_a}\n"
+              f"follow-up on B: {follow_b}")
+        assert follow_a["mm_cache_queries"] >= 1
+        assert follow_a["mm_cache_hits"] == follow_a["mm_cache_queries"]  # the video: cached
+        assert follow_a["prefix_cache_hits"] > 0  # and the prompt up to the question
+        assert not any(follow_b.values())
+        other_a, other_b = ask(by_backend[b], "Describe the video.")  # ranks B first: on B
+        print(f"other video on A: {other_a}\nother video on B: {other_b}")
+        assert other_b["mm_cache_queries"] >= 1 and other_b["mm_cache_hits"] == 0
+        assert not any(other_a.values())
+        routed = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'earlytom_requests_routed_total{policy="affinity"} 3.0' in routed
+    finally:
+        if front is not None:
+            stop_serve(front)
+        if engine_b.poll() is None:
+            os.killpg(engine_b.pid, signal.SIGTERM)
+            try:
+                engine_b.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(engine_b.pid, signal.SIGKILL)
+                engine_b.wait()
+    assert wait_for(lambda: group_members(engine_b.pid) == [], timeout=10)
 
 
 def test_relayed_routes_against_the_engine(served):
