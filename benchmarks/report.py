@@ -1,5 +1,6 @@
 """Print the README's TTFT and throughput tables from the committed results JSON.
 
+    python -m benchmarks.report            # every family's TTFT and throughput tables
     python -m benchmarks.report [--ttft benchmarks/results/ttft.json]
                                 [--throughput benchmarks/results/throughput.json]
 
@@ -335,16 +336,33 @@ def plot_throughput(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+#: The results files the README quotes, per family (``--ttft`` / ``--throughput`` pick one).
+TTFT_FILES = ("ttft.json", "ttft_qwen2_5_vl.json")
+THROUGHPUT_FILES = ("throughput.json", "throughput_qwen2_5_vl.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ttft", type=Path, default=RESULTS / "ttft.json")
-    p.add_argument("--throughput", type=Path, default=RESULTS / "throughput.json")
+    p.add_argument("--ttft", type=Path, default=None, help="one TTFT results file (default: all)")
+    p.add_argument("--throughput", type=Path, default=None,
+                   help="one throughput results file (default: all)")
     args = p.parse_args(argv)
-    if args.ttft.exists():
-        print(ttft_table(json.loads(args.ttft.read_text())))
-        print()
-    if args.throughput.exists():
-        print(throughput_table(json.loads(args.throughput.read_text())))
+    ttft = [args.ttft] if args.ttft else [RESULTS / f for f in TTFT_FILES]
+    tput = [args.throughput] if args.throughput else [RESULTS / f for f in THROUGHPUT_FILES]
+    if args.ttft and not args.throughput:
+        tput = []
+    if args.throughput and not args.ttft:
+        ttft = []
+    for path in ttft:
+        if path.exists():
+            print(f"<!-- {path.name} -->")
+            print(ttft_table(json.loads(path.read_text())))
+            print()
+    for path in tput:
+        if path.exists():
+            print(f"<!-- {path.name} -->")
+            print(throughput_table(json.loads(path.read_text())))
+            print()
     return 0
 
 

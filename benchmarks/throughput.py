@@ -219,12 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: tiny checkpoint, "
                    "4 frames, concurrency 1,2, 1-2 requests per cell, 4 output tokens (Qwen2.5-VL: "
                    "12 frames of 112 px, r 0.15, concurrency 1 and request rate 4)")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    p.add_argument("--plot", default=str(DEFAULT_PLOT), help="PNG path ('' to skip)")
-    p.add_argument("--server-log", type=Path, help="where the spawned server logs "
-                   "(default: a temporary file, its tail printed on failure)")
-    p.add_argument("--note", action="append", default=[], help="free text stored in the JSON "
-                   "(repeatable), e.g. what else ran on the machine")
+    harness.add_output_args(p, DEFAULT_JSON, DEFAULT_PLOT)
     p.add_argument("--no-progress", action="store_true")
     return p
 
