@@ -418,6 +418,27 @@ def evs_servers(args: argparse.Namespace, per_frame: int) -> dict[str, dict[str,
     return out
 
 
+def batching_budget(args: argparse.Namespace, per_frame: int,
+                    evs: dict[str, dict[str, Any]]) -> int | None:
+    """The ``--max-num-batched-tokens`` every server gets when vLLM's EVS is measured: enough for
+    every compressed prompt of the highest concurrency in ONE step, so that no compressed
+    prefill is split into chunks.
+
+    vLLM 0.32's EVS crashes its engine (``IndexError`` in ``video_prune/evs.py``
+    ``recompute_mrope_positions``) when a prefill chunk starts on a video's first token, which
+    chunked prefill does under load (seen here at concurrency 8 with vLLM's default budget; vLLM
+    issue #48833, open). EarlyTom's positions are placed one medium at a time from that medium's
+    ``vision_start`` (``earlytom_vllm.vllm.qwen2_5_vl.place_media``) and do not hit it. None
+    (vLLM's default) when no EVS server runs."""
+    if not evs:
+        return None
+    top = max([int(x) for x in args.concurrency_levels] or [1])
+    if len(args.concurrency_levels) < len(args.levels):  # request-rate levels: all may overlap
+        top = max(top, int(args.max_concurrency or args.rate_requests))
+    rows = max(spec["evs_tokens"] for spec in evs.values())
+    return max(4096, 1024 * math.ceil(top * (rows + 256 + args.max_tokens) / 1024))
+
+
 # --------------------------------------------------------------------------------------------------
 # Load
 
@@ -897,6 +918,10 @@ def spawn(args: argparse.Namespace, media_dir: Path, log: Path
               file=sys.stderr)
     per_frame = fam.model_tokens_per_frame(checkpoint)
     evs = evs_servers(args, per_frame)
+    budget = batching_budget(args, per_frame, evs)
+    if budget is not None:  # the same for every server: none is favoured
+        args.serve_arg = [*args.serve_arg, f"--backend-arg=--max-num-batched-tokens={budget}"]
+    args.max_num_batched_tokens = budget
     servers: dict[str, harness.Server] = {}
     if any(a.server == "main" for a in args.arms):
         servers["main"] = start_server(args, media_dir, checkpoint, per_frame, log)
@@ -1049,6 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
             "requests_formula": args.requests, "rate_requests": args.rate_requests,
             "burstiness": args.burstiness, "arrival_seed": args.arrival_seed,
             "max_concurrency": args.max_concurrency, "goodput_slos_ms": args.slos,
+            "max_num_batched_tokens": getattr(args, "max_num_batched_tokens", None),
             "percentiles": args.percentile_list, "rounds": args.rounds,
             "max_tokens": args.max_tokens, "ignore_eos": True, "temperature": 0.0,
             "warmup_per_method": args.warmup, "quick": args.quick, "prompt": PROMPT,

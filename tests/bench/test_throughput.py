@@ -177,6 +177,19 @@ def test_qwen_arms_and_evs_servers():
         tp.parse_args(["--methods", "none,vllm_evs"])  # vLLM's EVS: Qwen2.5-VL only
 
 
+def test_batching_budget_keeps_every_compressed_prefill_of_a_step_in_one_chunk():
+    """vLLM's EVS crashes when a prefill chunk starts on a video's first token (vLLM #48833):
+    with EVS servers, every server gets a budget that holds the highest concurrency's compressed
+    prompts in one step; without them vLLM's default stays."""
+    args = tp.parse_args(["--family", "qwen2_5_vl"])
+    evs = tp.evs_servers(args, 256)
+    budget = tp.batching_budget(args, 256, evs)
+    assert budget >= 8 * (624 + 256 + args.max_tokens) and budget % 1024 == 0
+    assert tp.batching_budget(args, 256, {}) is None
+    llava = tp.parse_args([])
+    assert tp.batching_budget(llava, 196, tp.evs_servers(llava, 196)) is None
+
+
 def test_qwen_targets_per_ratio():
     def cell(m, c, tput):
         return {"method": m, "concurrency": c, "requests_per_s": tput / 10,
