@@ -32,7 +32,7 @@ from earlytom_vllm.plan import VideoPlan
 from earlytom_vllm.vllm.compat import all_reduce_tp, llava_encoder_depth
 from earlytom_vllm.vllm.observe import record_trace, trace_clock
 from earlytom_vllm.vllm.processing import (
-    PLAN_FIELD,
+    EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
     decode_plans,
@@ -152,7 +152,8 @@ class VllmSiglipTower:
     info=EarlyTomLlavaOnevisionProcessingInfo,
     dummy_inputs=EarlyTomLlavaOnevisionDummyInputsBuilder,
 )
-class EarlyTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+class EarlyTomLlavaOnevisionForConditionalGeneration(EarlyTomEmbeddings,
+                                                     LlavaOnevisionForConditionalGeneration):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         depth = llava_encoder_depth(self.config)
@@ -165,18 +166,8 @@ class EarlyTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditiona
         self.earlytom_videos = 0
         self.earlytom_last: dict[str, object] = {}
 
-    def embed_multimodal(self, **kwargs: object):
-        plans = kwargs.pop(PLAN_FIELD, None)
-        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
-        embeddings: tuple[torch.Tensor, ...] = ()
-        for modality, parsed in by_modality.items():  # keeps the request's modality order
-            if parsed is None:
-                continue
-            if modality == "image":
-                embeddings += tuple(self._process_image_input(parsed))
-            elif modality == "video":
-                embeddings += tuple(self._embed_videos(parsed, plans))
-        return embeddings
+    def _embed_images(self, image_input):
+        return self._process_image_input(image_input)  # the stock image path
 
     def _embed_videos(self, video_input, plans) -> list[torch.Tensor]:
         pixels = video_input["pixel_values_videos"]  # [V, F, C, H, W] or V x [F, C, H, W]

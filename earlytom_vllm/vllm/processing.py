@@ -199,6 +199,30 @@ def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Model side: embeddings in the request's order
+
+
+class EarlyTomEmbeddings:
+    """Model mixin (engine process): ``embed_multimodal`` in the request's modality order, with
+    the processor's plans (:data:`PLAN_FIELD`) handed to the family's ``_embed_videos(parsed,
+    plans)``; images go through the family's ``_embed_images(parsed)``. The rest of the stock
+    method's contract (vLLM's ``_parse_and_validate_multimodal_inputs``) is the model's own."""
+
+    def embed_multimodal(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
+        plans = kwargs.pop(PLAN_FIELD, None)
+        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
+        embeddings: tuple[torch.Tensor, ...] = ()
+        for modality, parsed in by_modality.items():  # keeps the request's modality order
+            if parsed is None:
+                continue
+            if modality == "image":
+                embeddings += tuple(self._embed_images(parsed))
+            elif modality == "video":
+                embeddings += tuple(self._embed_videos(parsed, plans))
+        return embeddings
+
+
+# --------------------------------------------------------------------------------------------------
 # Visual-token counters on vLLM's /metrics
 
 

@@ -51,6 +51,7 @@ from earlytom_vllm.vllm.compat import all_reduce_tp
 from earlytom_vllm.vllm.observe import record_trace, trace_clock
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
+    EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
     decode_plans,
@@ -280,7 +281,8 @@ def place_media(ids: torch.Tensor, host_ids: list[int], positions: torch.Tensor,
     info=EarlyTomQwen2_5_VLProcessingInfo,
     dummy_inputs=EarlyTomQwen2_5_VLDummyInputsBuilder,
 )
-class EarlyTomQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
+                                                 Qwen2_5_VLForConditionalGeneration):
     #: Media embeddings carry vLLM's 4 EVS position channels: the runner strips them and rewrites
     #: the prompt's M-RoPE positions (earlytom_vllm.vllm.compat turns the plumbing on for it).
     earlytom_mm_pruning: ClassVar[bool] = True  # compat.PRUNING_OPT_IN
@@ -308,19 +310,6 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerat
         self.earlytom_positions: list[list[int]] | None = None
 
     # -- embeddings ---------------------------------------------------------------------------
-    def embed_multimodal(self, **kwargs: object):
-        plans = kwargs.pop(PLAN_FIELD, None)
-        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
-        embeddings: tuple[torch.Tensor, ...] = ()
-        for modality, parsed in by_modality.items():  # keeps the request's modality order
-            if parsed is None:
-                continue
-            if modality == "image":
-                embeddings += self._embed_images(parsed)
-            elif modality == "video":
-                embeddings += tuple(self._embed_videos(parsed, plans))
-        return embeddings
-
     def _merged_grid(self, grid: list[int]) -> tuple[int, int, int]:
         m = self.visual.spatial_merge_size
         return grid[0], grid[1] // m, grid[2] // m
