@@ -506,7 +506,7 @@ def test_visual_token_counters_count_this_family(qllm, qwen_checkpoint):
     """earlytom_visual_tokens_{before,after}_total: t * (h/2)(w/2) before, the budget after."""
     from prometheus_client import REGISTRY
 
-    labels = {"model": str(qwen_checkpoint), "method": "earlytom"}
+    labels = {"model_name": str(qwen_checkpoint), "method": "earlytom"}
 
     def totals():
         return tuple(REGISTRY.get_sample_value(f"earlytom_visual_tokens_{k}_total", labels) or 0
