@@ -178,3 +178,49 @@ def plot_followup(report: dict[str, Any], path: Path) -> None:
                  f"({report['model']['served_name']}; {report['machine']['logical_cpus']} shared "
                  f"CPUs, 1-min load {load['min_1m']:.1f}-{load['max_1m']:.1f})", fontsize=10)
     save_figure(fig, path)
+
+
+def plot_flops(results: dict[str, Any], path: Path, key: str = "llava-ov-7b") -> None:
+    """One figure per model key: ``path`` for LLaVA-OV-7B, ``<stem>_qwen2_5_vl.png`` for
+    Qwen2.5-VL-7B (``benchmarks/flops.py`` draws both)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = results["models"][key]
+    ratios = results["settings"]["ratios"]
+    panels = (
+        ("this project: per frame (slice), windows, GQA, SwiGLU, text", m["correct"],
+         (("full", "full"), ("post_encoder", "post-encoder"), ("earlytom", "EarlyTom"),
+          ("earlytom_stage1_rule", "EarlyTom (Stage I rule)"))),
+        ("paper convention", m["paper"],
+         (("full", "full"), ("post_encoder", "VisionZip/FastVID"), ("holitom", "HoliTom"),
+          ("earlytom", "EarlyTom + LLM merge"))),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    colors = {"full": "#7f7f7f", "post_encoder": "#1f77b4", "holitom": "#9467bd",
+              "earlytom": "#d62728", "earlytom_stage1_rule": "#ff7f0e"}
+    width = 0.2
+    top = max(e["tflops"]["total"] for _, data, _ in panels for d in data.values()
+              for e in d.values())
+    for ax, (title, data, methods) in zip(axes, panels, strict=True):
+        for j, (meth, label) in enumerate(methods):
+            xs = [i + (j - 1.5) * width for i in range(len(ratios))]
+            vision = [data[meth][r]["tflops"]["vision_total"] for r in ratios]
+            llm = [data[meth][r]["tflops"]["llm"] for r in ratios]
+            ax.bar(xs, vision, width, color=colors[meth], alpha=0.4, edgecolor=colors[meth])
+            ax.bar(xs, llm, width, bottom=vision, color=colors[meth], label=label)
+        ax.set_ylim(0, top * 1.3)  # room for the legend above the bars
+        ax.set_xticks(range(len(ratios)), [f"{float(r):.0%}" for r in ratios])
+        ax.set_xlabel("retain ratio r")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, ncol=2, loc="upper right")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"prefill {results['unit'].split(';')[0]} (light: vision, dark: LLM)")
+    fig.suptitle(f"{m['label']}, {m['frames']} frames: prefill FLOPs "
+                 f"(1 multiply-add = {results['flops_per_mac']} FLOP)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)

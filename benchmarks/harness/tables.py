@@ -217,3 +217,81 @@ def print_followup(report: dict[str, Any]) -> None:
     print(followup_table(report))
     print("checks: " + ", ".join(f"{k}={v}" for k, v in report["checks"].items()
                                   if not isinstance(v, list)))
+
+
+def format_flops_table(results: dict[str, Any], key: str, *, paper_only: bool = False) -> str:
+    m = results["models"][key]
+    c, p = m["correct"], m["paper"]
+    ratios = results["settings"]["ratios"]
+    text = results["settings"]["text_tokens"]
+    causal = " causal" if results["settings"]["causal_llm_attention"] else ""
+    lines = [
+        f"{m['label']} ({m['llm']['name']}), {m['frames']} frames, EarlyTom schedule "
+        f"{m['schedule']}; prefill {results['unit']}",
+    ]
+    ours_hdr = (f"{'LLM vis':>7} {'full':>7} {'post':>7} {'EarlyTom':>8} {'rule':>7}"
+                f" {'enc(ET)':>7}")
+    paper_hdr = (f"{'LLM vis':>7} {'full':>7} {'post':>7} {'HoliTom':>7} {'EarlyTom*':>9}"
+                 f" {'enc(ET)':>7}")
+    if paper_only:
+        lines.append("  paper convention (one-sequence encoder, MHA, 2-matrix MLP, no text)")
+        lines.append(f"{'ratio':>5} | {paper_hdr}")
+    else:
+        lines.append(f"{'':5} | {'this project (per frame, GQA, SwiGLU, ' + str(text) + ' text' + causal + ')':<51}"
+                     f" || paper convention (one sequence, MHA, 2-matrix MLP)")
+        lines.append(f"{'ratio':>5} | {ours_hdr} || {paper_hdr}")
+    lines.append("-" * len(lines[-1]))
+    for r in ratios:
+        ours = (f"{c['post_encoder'][r]['llm_visual_tokens']:>7} "
+                f"{c['full'][r]['tflops']['total']:>7.2f} "
+                f"{c['post_encoder'][r]['tflops']['total']:>7.2f} "
+                f"{c['earlytom'][r]['tflops']['total']:>8.2f} "
+                f"{c['earlytom_stage1_rule'][r]['tflops']['total']:>7.2f} "
+                f"{c['earlytom'][r]['tflops']['encoder']:>7.2f}")
+        pap = (f"{p['post_encoder'][r]['llm_visual_tokens']:>7} "
+               f"{p['full'][r]['tflops']['total']:>7.2f} "
+               f"{p['post_encoder'][r]['tflops']['total']:>7.2f} "
+               f"{p['holitom'][r]['tflops']['total']:>7.2f} "
+               f"{p['earlytom'][r]['tflops']['total']:>9.2f} "
+               f"{p['earlytom'][r]['tflops']['encoder']:>7.2f}")
+        lines.append(f"{r:>5} | {pap}" if paper_only else f"{r:>5} | {ours} || {pap}")
+    full_c = c["full"][ratios[0]]["tflops"]
+    full_p = p["full"][ratios[0]]["tflops"]
+    rule = c["earlytom_stage1_rule"]
+    rule_frames = "; ".join(
+        f"{r}: {','.join(str(v) for v in rule[r]['frames_after_prune'].values())}"
+        for r in ratios if rule[r]["frames_after_prune"])
+    lines.append(
+        f"  full vision: per frame {full_c['encoder']:.2f} (+patch {full_c['patch_embed']:.3f}"
+        f", projector {full_c['projector']:.2f}) vs one sequence {full_p['encoder']:.2f}; "
+        f"full LLM {full_c['llm']:.2f} vs {full_p['llm']:.2f}")
+    lines.append(f"  'rule' = Stage I rule schedule, frames after each prune layer: {rule_frames}")
+    lines.append("  EarlyTom* = paper's rows: in-encoder schedule + LLM merge at layer 18 "
+                 "(not servable under vLLM); enc(ET) = EarlyTom encoder alone")
+    return "\n".join(lines)
+
+
+def format_flops_checks(results: dict[str, Any]) -> str:
+    lines = ["Published figures (LLaVA-OV-7B, 32 frames):"]
+    for ch in results["paper_checks"]:
+        mark = "ok " if ch["ok"] else "OFF"
+        lines.append(f"  [{mark}] {ch['name']:<40} computed {ch['computed']:>7.3f}   "
+                     f"published {ch['published']}")
+    return "\n".join(lines)
+
+
+def format_qwen_paper(results: dict[str, Any]) -> str:
+    q = results["qwen2_5_vl_paper"]
+    st = q["setting"]
+    lines = [f"Published Qwen2.5-VL-7B figures (paper convention; setting {st['frames']} frames x "
+             f"{st['resolution']} = {st['slices']} slices x {st['llm_tokens_per_slice']} tokens):",
+             f"  full tokens: computed {q['full_paper_convention']}   published "
+             f"{q['full_published']}",
+             f"  EarlyTom 15%: paper convention {q['earlytom_15'].get('paper', {})}",
+             f"                this project     {q['earlytom_15'].get('correct', {})}",
+             f"                published {q['earlytom_15_published']}; paper-convention floor "
+             f"(blocks 0..7 on all slices) {q['paper_convention_floor_before_first_prune']}",
+             "  nearest settings to 554.7: " + "; ".join(
+                 f"{x['frames']}f x {x['resolution']}^2 {x['tflops']}"
+                 for x in q["nearest_settings"])]
+    return "\n".join(lines)
