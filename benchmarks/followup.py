@@ -188,25 +188,18 @@ def _processor(checkpoint: str, auto: Any) -> Any:
 # One turn
 
 
-@dataclass
-class Turn:
+@dataclass(kw_only=True)
+class Turn(harness.RequestRecord):
     method: str
     conversation: int  # index within the method
     turn: int  # 1-based
     seed: int  # the conversation's video
     messages: int = 0  # messages sent
-    ok: bool = False
-    ttft_s: float | None = None
-    ttft_source: str | None = None
-    latency_s: float | None = None
-    prompt_tokens: int | None = None
     prompt_tokens_expected: int | None = None
-    completion_tokens: int | None = None
     answer: str = ""
     cache: dict[str, float] = field(default_factory=dict)  # counter deltas over the turn
     loadavg_before: list[float] | None = None
     cpu: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
 
 
 async def stream_turn(client: Any, model: str, history: list[dict[str, Any]], turn: Turn,
@@ -215,10 +208,8 @@ async def stream_turn(client: Any, model: str, history: list[dict[str, Any]], tu
     got = await harness.stream_chat(
         client, model=model, messages=history, max_tokens=args.max_tokens,
         extra_body={"ignore_eos": True, "earlytom": earlytom_field(turn.method, args.ratio)})
-    for key in ("ttft_s", "ttft_source", "latency_s", "prompt_tokens", "completion_tokens",
-                "error"):
-        setattr(turn, key, getattr(got, key))
-    turn.answer, turn.ok = got.text, got.ok
+    turn.record(got)
+    turn.answer = got.text
 
 
 async def conversation(client: Any, model: str, video_url: str, method: str, index: int,

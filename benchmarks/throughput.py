@@ -213,11 +213,9 @@ async def one_request(client: Any, model: str, video: VideoFile, arm: Arm, args:
     got = await harness.stream_chat(client, model=model, max_tokens=args.max_tokens,
                                     messages=[{"role": "user", "content": content}],
                                     extra_body=extra)
+    sample.record(got)
     sample.start_s = got.sent - t_run
-    for key in ("ttft_s", "ttft_source", "latency_s", "prompt_tokens", "completion_tokens",
-                "finish_reason", "itl_s", "error"):
-        setattr(sample, key, getattr(got, key))
-    sample.ok = got.ok
+    sample.finish_reason, sample.itl_s = got.finish_reason, got.itl_s
     return sample
 
 

@@ -20,7 +20,7 @@ torch or vLLM at import time (the functions that need them import them).
 """
 
 from benchmarks.harness.arms import METHODS, VLLM_ARMS, VLLM_EVS
-from benchmarks.harness.client import Streamed, stream_chat
+from benchmarks.harness.client import RequestRecord, Streamed, stream_chat
 from benchmarks.harness.machine import (
     CpuMark,
     cpu_mark,
@@ -61,7 +61,7 @@ from benchmarks.harness.video import (
 
 __all__ = [
     "DEFAULT_API_KEY", "METHODS", "RESULTS", "ROOT", "VIDEO_KINDS", "VLLM_ARMS", "VLLM_EVS",
-    "CpuMark", "Server", "Streamed", "VideoFile", "add_endpoint_args", "add_output_args", "backend_urls",
+    "CpuMark", "RequestRecord", "Server", "Streamed", "VideoFile", "add_endpoint_args", "add_output_args", "backend_urls",
     "batching_budget", "cpu_mark", "cpu_model", "cpu_since", "launch_bench_server",
     "launch_serve", "loadavg", "machine_info", "resolve_outputs", "save_figure", "served_model",
     "stream_chat", "synthetic_hidden_states", "synthetic_video", "video_files", "video_url",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -73,3 +73,21 @@ async def stream_chat(client: Any, *, model: str, messages: list[dict[str, Any]]
         out.latency_s = time.perf_counter() - t0
         out.error = f"{type(exc).__name__}: {exc}"[:500]
     return out
+
+
+@dataclass(kw_only=True)
+class RequestRecord:
+    """What a benchmark keeps of one streamed request (its own record extends this)."""
+
+    ok: bool = False
+    ttft_s: float | None = None
+    ttft_source: str | None = None
+    latency_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+
+    def record(self, got: Streamed) -> None:
+        """Take ``got``'s outcome."""
+        for f in fields(RequestRecord):
+            setattr(self, f.name, getattr(got, f.name))

@@ -48,12 +48,19 @@ def llm_layer_macs(n: int, llm: LLMConfig, *, causal: bool = False) -> int:
     return proj + attn + mlp
 
 
+@dataclass(frozen=True, kw_only=True)
 class _Vision:
-    """What every vision description derives from its family and geometry."""
+    """A vision tower: its family (the registry's name), its size, and what every description
+    derives from its family and geometry (``image_h`` x ``image_w``: a frame as encoded)."""
 
+    name: str
     family_name: str
-    image_h: int
-    image_w: int
+    width: int
+    layers: int
+    heads: int
+    mlp: int
+    patch: int
+    channels: int = 3
 
     @property
     def family(self) -> Family:
@@ -79,19 +86,11 @@ class _Vision:
         return self.family.units(frames)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VisionConfig(_Vision):
     """SigLIP (LLaVA-OneVision): a frame of ``grid x grid`` patches, every layer per frame."""
 
-    name: str = "SigLIP so400m patch14-384 (26 of 27 layers)"
-    width: int = 1152
-    layers: int = 26
-    heads: int = 16
-    mlp: int = 4304
-    image: int = 384
-    patch: int = 14
-    channels: int = 3
-    family_name: str = "llava_onevision"
+    image: int  # px: every frame is resized to it
 
     @property
     def image_h(self) -> int:
@@ -124,28 +123,20 @@ class VisionConfig(_Vision):
         return frames * self.tokens_per_frame * (self.width * hidden + hidden * hidden)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QwenVisionConfig(_Vision):
     """Qwen2.5-VL's vision tower (``Qwen2_5_VisionTransformer``) for one video geometry.
 
     ``image_h`` x ``image_w`` are the frame size after the processor's resize (multiples of 28);
     a *slice* is ``temporal_patch`` frames; every slice is ``grid_h x grid_w`` patches."""
 
-    name: str = "Qwen2.5-VL ViT (32 blocks, windowed)"
-    width: int = 1280
-    layers: int = 32
-    heads: int = 16
-    mlp: int = 3420  # SwiGLU intermediate
-    patch: int = 14
-    temporal_patch: int = 2
-    merge: int = 2
-    window: int = 112  # px: 8x8 patches = 4x4 merge units
-    full_attention_blocks: tuple[int, ...] = (7, 15, 23, 31)
-    out_hidden: int = 3584  # merger output (the LLM width)
-    image_h: int = 644
-    image_w: int = 644
-    channels: int = 3
-    family_name: str = "qwen2_5_vl"
+    temporal_patch: int
+    merge: int
+    window: int  # px: a side of the windowed blocks' attention windows
+    full_attention_blocks: tuple[int, ...]
+    out_hidden: int  # merger output (the LLM width)
+    image_h: int
+    image_w: int
 
     @property
     def grid_h(self) -> int:
@@ -196,6 +187,15 @@ class QwenVisionConfig(_Vision):
 #: The frame count the models and the default schedules are stated for.
 REFERENCE_FRAMES = 32
 
+SIGLIP = VisionConfig(name="SigLIP so400m patch14-384 (26 of 27 layers)",
+                      family_name="llava_onevision", width=1152, layers=26, heads=16, mlp=4304,
+                      patch=14, image=384)
+QWEN25VL_VISION = QwenVisionConfig(
+    name="Qwen2.5-VL ViT (32 blocks, windowed)", family_name="qwen2_5_vl", width=1280,
+    layers=32, heads=16, mlp=3420, patch=14, temporal_patch=2, merge=2,
+    window=112,  # px: 8x8 patches = 4x4 merge units
+    full_attention_blocks=(7, 15, 23, 31), out_hidden=3584, image_h=644, image_w=644)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -203,7 +203,7 @@ class ModelConfig:
     label: str
     llm: LLMConfig
     frames: int = REFERENCE_FRAMES
-    vision: VisionConfig | QwenVisionConfig = VisionConfig()
+    vision: VisionConfig | QwenVisionConfig = SIGLIP
 
     @property
     def family(self) -> str:
@@ -215,12 +215,10 @@ class ModelConfig:
         return self.vision.units(self.frames)
 
 
-SIGLIP = VisionConfig()
 QWEN2_05B = LLMConfig("Qwen2-0.5B", hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864)
 QWEN2_7B = LLMConfig("Qwen2-7B", hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944)
 QWEN2_72B = LLMConfig("Qwen2-72B", hidden=8192, layers=80, heads=64, kv_heads=8, intermediate=29568)
 QWEN25_7B = LLMConfig("Qwen2.5-7B", hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944)
-QWEN25VL_VISION = QwenVisionConfig()
 # Qwen2.5-VL-7B is counted at 64 frames x 644^2 (32 slices x 46x46 patches, 529 LLM tokens per
 # slice, 16,928 in all): the setting closest to the paper's 554.7 TFLOPs (benchmarks/flops.py).
 QWEN25VL_FRAMES = 64

@@ -24,6 +24,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from benchmarks.harness.client import RequestRecord
+
 #: ``--goodput``'s SLO names (vllm bench serve's).
 SLO_NAMES = ("ttft", "tpot", "e2el")
 
@@ -140,22 +142,17 @@ def schedule(methods: Sequence[str], levels: Sequence[int | str], args: argparse
 
 
 
-@dataclass
-class Sample:
+@dataclass(kw_only=True)
+class Sample(RequestRecord):
+    """One request of a throughput cell."""
+
     method: str  # the arm's label
     concurrency: int | None  # None in a request-rate cell
     round: int
     index: int
     seed: int
     start_s: float  # since the start of the run
-    ok: bool = False
-    ttft_s: float | None = None
-    ttft_source: str | None = None
-    latency_s: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
     finish_reason: str | None = None
-    error: str | None = None
     level: str = ""  # the cell's level key: "4" (concurrency) or "rate=2"
     scheduled_s: float | None = None  # request-rate cells: the arrival time in the cell
     itl_s: list[float] = field(default_factory=list)  # gaps between chunks after the first token

@@ -10,6 +10,13 @@ from benchmarks.harness.arms import COLORS, LABELS
 from benchmarks.harness.tables import level_key, report_levels, report_methods
 
 
+def _run_note(report: dict[str, Any]) -> str:
+    """``model; N shared CPUs, 1-min load a-b`` of a client benchmark's report."""
+    load = report["loadavg"]
+    return (f"{report['model']['served_name']}; {report['machine']['logical_cpus']} shared "
+            f"CPUs, 1-min load {load['min_1m']:.1f}-{load['max_1m']:.1f}")
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     """Lay out a matplotlib figure, save it as ``path`` (PNG) and close it."""
     import matplotlib.pyplot as plt
@@ -136,11 +143,9 @@ def plot_throughput(report: dict[str, Any], path: Path) -> None:
     axes[1].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axes[1].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     s = report["settings"]
-    load = report["loadavg"]
     fig.suptitle(f"earlytom-serve, {s['frames']} frames/video, {s['max_tokens']} output tokens, "
-                 f"retain ratio {s.get('ratios', s['ratio'])} ({report['model']['served_name']}; "
-                 f"{report['machine']['logical_cpus']} shared CPUs, 1-min load "
-                 f"{load['min_1m']:.1f}-{load['max_1m']:.1f} during the run)", fontsize=10)
+                 f"retain ratio {s.get('ratios', s['ratio'])} ({_run_note(report)} during the "
+                 "run)", fontsize=10)
     save_figure(fig, path)
 
 
@@ -172,11 +177,9 @@ def plot_followup(report: dict[str, Any], path: Path) -> None:
         ax.set_xticklabels([f"turn {k}" for k in range(1, n + 1)])
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    load = report["loadavg"]
     fig.suptitle(f"earlytom-serve, follow-up questions on one video: {s['frames']} frames, "
                  f"retain ratio {s['ratio']}, {s['conversations']} conversation(s)/method "
-                 f"({report['model']['served_name']}; {report['machine']['logical_cpus']} shared "
-                 f"CPUs, 1-min load {load['min_1m']:.1f}-{load['max_1m']:.1f})", fontsize=10)
+                 f"({_run_note(report)})", fontsize=10)
     save_figure(fig, path)
 
 
