@@ -39,8 +39,9 @@ The paper's convention (``--paper-convention`` prints only it; the JSON always h
     * HoliTom (post-encoder, plus its merge inside the LLM) and the paper's EarlyTom rows keep
       that count for LLM layers 0..17 and ``floor(n / 2)`` from layer 18 on: the released code's
       optional merge inside the LLM at layer 18, keeping half (the paper's rows include it; this
-      project does not offer it, docs/method.md section 5). Layer 18 is used literally for every model (it is the released code's value,
-      stated for the 28-layer 7B), so the 0.5B and 72B HoliTom / EarlyTom* rows are indicative.
+      project does not offer it, docs/method.md section 5). Layer 18 is used literally for every
+      model (it is the released code's value, stated for the 28-layer 7B), so the 0.5B and 72B
+      HoliTom / EarlyTom* rows are indicative.
 
     Found by solving for the token counts that make every published figure come out (LLaVA-OV-7B,
     32 frames; docs/method.md section 6):

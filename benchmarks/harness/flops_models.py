@@ -240,7 +240,8 @@ MODELS: dict[str, ModelConfig] = {
 # The paper's Qwen2.5-VL-7B figures: which setting they fit, and what cannot be reproduced
 
 TFLOP = 1e12
-QWEN_PAPER_FULL = 554.7  # Qwen2.5-VL-7B full tokens, paper's count (docs/method.md section 7)
+#: The paper's Qwen2.5-VL-7B prefill TFLOPs (A100 table): full tokens, and EarlyTom at 15%.
+QWEN_PAPER_FULL = 554.7
 QWEN_PAPER_EARLYTOM_15 = 67.7
 
 
