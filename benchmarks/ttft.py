@@ -217,6 +217,9 @@ def time_hf_video_processor(processor, video) -> float:
     return time.perf_counter() - t0
 
 
+# --------------------------------------------------------------------------------------------------
+# Main
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
