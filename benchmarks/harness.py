@@ -146,11 +146,10 @@ class Family:
     video_fps: int = 4
 
     def defaults(self) -> EarlyTomConfig:
-        """The family's serving defaults (prune layers etc.), from its adapter (imports vLLM)."""
-        import importlib
+        """The family's serving defaults (prune layers etc.), from the family registry."""
+        from earlytom_vllm.families import get
 
-        module, name = self.info_class.split(":")
-        return getattr(importlib.import_module(module), name).family_defaults
+        return get(self.name).defaults
 
     def checkpoint(self, sizes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """(path, every size) of the random-weight checkpoint built with ``sizes`` (cached)."""

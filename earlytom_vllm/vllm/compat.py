@@ -10,18 +10,6 @@ import sys
 import threading
 
 
-def llava_encoder_depth(hf_config) -> int:
-    """Vision-encoder layers vLLM instantiates for this LLaVA-style config."""
-    from vllm.model_executor.models.llava import _get_num_hidden_layers
-
-    if not isinstance(hf_config.vision_feature_layer, int):
-        raise ValueError(
-            "EarlyTom needs a single vision_feature_layer; "
-            f"got {hf_config.vision_feature_layer!r}"
-        )
-    return int(_get_num_hidden_layers(hf_config))
-
-
 def all_reduce_tp(t):
     """Sum a tensor over the tensor-parallel group (no-op when there is one rank)."""
     from vllm.distributed import (
