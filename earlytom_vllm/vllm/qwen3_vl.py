@@ -62,6 +62,7 @@ from earlytom_vllm.core import (
     pool_merge_units,
 )
 from earlytom_vllm.core.temporal import MergePlan, apply_plan
+from earlytom_vllm.families.qwen3_vl import FAMILY
 from earlytom_vllm.plan import VideoPlan
 from earlytom_vllm.vllm.observe import record_trace, trace_clock
 from earlytom_vllm.vllm.processing import (
@@ -75,25 +76,11 @@ from earlytom_vllm.vllm.processing import (
 )
 from earlytom_vllm.vllm.qwen2_5_vl import media_runs, slice_attention_with_received
 
-EXTRA_ROWS = 0  # nothing is appended to a video's tokens
-#: The paper's prune layers on LLaVA-OneVision's 26-layer SigLIP (method.md section 5).
-PAPER_PRUNE_LAYERS, PAPER_DEPTH = (10, 21, 23), 26
 #: Integer channels appended to every media row: original slice, row, column (the token's stock
 #: position), slot and index in the slot (where the row sits in the prompt).
 CHANNELS = 5
 _DIGIT = 256  # each channel as 2 base-256 digits: exact in bfloat16 and float16
 POSITION_CHANNELS = 2 * CHANNELS
-
-
-def default_prune_layers(depth: int) -> tuple[int, ...]:
-    """The paper's placement at the same relative depth: layer ``i`` of 26 becomes
-    ``round((i + 1) * depth / 26) - 1`` (27 blocks: (10, 22, 24); 24 blocks: (9, 19, 21))."""
-    layers = [max(0, round((i + 1) * depth / PAPER_DEPTH) - 1) for i in PAPER_PRUNE_LAYERS]
-    return tuple(sorted(set(layers)))
-
-
-def family_defaults(hf_config) -> EarlyTomConfig:
-    return EarlyTomConfig(prune_layers=default_prune_layers(int(hf_config.vision_config.depth)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,21 +177,13 @@ def unpruned_index(host_ids: list[int], compressed: list[tuple[int, int, int]],
 class EarlyTomQwen3VLInfo(EarlyTomInfo):
     """Mixed into the ProcessingInfo of each architecture on this encoder."""
 
-    @property
-    def family_defaults(self) -> EarlyTomConfig:  # type: ignore[override]
-        return family_defaults(self.get_hf_config())
-
-    def earlytom_encoder_depth(self) -> int:
-        return int(self.get_hf_config().vision_config.depth)
-
-    def merge_size(self) -> int:
-        return int(self.get_hf_config().vision_config.spatial_merge_size)
+    family = FAMILY
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts,
                                           max_frames_per_video: int | None = None) -> int:
         # Profile (and size the encoder cache for) the largest video we serve.
-        frames = self.earlytom_defaults.max_frames if max_frames_per_video is None else (
-            max_frames_per_video)
+        frames = (self.earlytom_defaults.max_frames if max_frames_per_video is None
+                  else max_frames_per_video)
         return super().get_num_frames_with_most_features(seq_len, mm_counts,
                                                          max_frames_per_video=frames)
 
@@ -229,8 +208,8 @@ class EarlyTomQwen3VLMultiModalProcessor(EarlyTomProcessor, Qwen3VLMultiModalPro
     info: EarlyTomQwen3VLInfo
 
     def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
-        m = self.info.merge_size()
-        return [VideoPlan(t, (h // m) * (w // m), EXTRA_ROWS, config)
+        hf_config = self.info.get_hf_config()
+        return [VideoPlan(t, FAMILY.frame_tokens(hf_config, (h, w)), FAMILY.extra_rows, config)
                 for t, h, w in processed["video_grid_thw"].tolist()]  # [V, 3] slices, patches
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
@@ -247,7 +226,7 @@ class EarlyTomQwen3VLMultiModalProcessor(EarlyTomProcessor, Qwen3VLMultiModalPro
                 return stock.replacement(item_idx)
             item = out_mm_kwargs["video"][item_idx]
             return Qwen3VLMultiModalProcessor.get_video_repl(
-                tokens_per_frame=[plan.kept_tokens // plan.num_frames] * plan.num_frames,
+                tokens_per_frame=[plan.rows // plan.num_frames] * plan.num_frames,
                 timestamps=item["timestamps"].data,
                 tokenizer=self.info.get_tokenizer(),
                 vision_start_token_id=config.vision_start_token_id,
@@ -379,8 +358,7 @@ class EarlyTomQwen3VLModel(EarlyTomEmbeddings):
         # graphs (which bypass embed_multimodal) must treat pruning as enabled.
         self.is_multimodal_pruning_enabled = True
         # A server-wide setting that does not fit this model stops the engine here.
-        defaults = server_defaults(self.config, family_defaults(self.config),
-                                   int(self.config.vision_config.depth))
+        defaults = server_defaults(FAMILY, self.config)
         self.earlytom_trace = defaults.trace
         self.earlytom_layer_frames = [0] * len(self.visual.blocks)
         self.earlytom_videos = 0
