@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError, check_prune_layers
@@ -62,14 +62,17 @@ class BenchmarkSpec:
 
 @dataclass(frozen=True)
 class CheckpointRecipe:
-    """A family's random-weight checkpoints (``earlytom_vllm.checkpoints`` builds them)."""
+    """A family's random-weight checkpoints (:mod:`earlytom_vllm.checkpoints` builds them)."""
 
     name: str  # cache-directory prefix
-    builder: str  # "module:function" writing a checkpoint: builder(path, **sizes)
-    bench_sizes: Mapping[str, Any]  # the benchmark-sized model (sizing argument in the builder)
-    tiny_sizes: Mapping[str, Any] = field(default_factory=dict)  # the tests' tiny model
-    #: Bump when the builder's files for the same arguments change (part of the cache key).
+    #: "module:NAME" of the transformers-side recipe (config, processor, chat template, the tiny
+    #: model's sizes); imported only when a checkpoint is built.
+    recipe: str
+    bench_sizes: Mapping[str, Any]  # the benchmark-sized model, over the recipe's tiny sizes
+    #: Bump when the recipe's files for the same arguments change (part of the cache key).
     version: int = 1
+    #: Part of the cache key (None: LLaVA-OneVision, whose keys predate the other families).
+    cache_tag: str | None = None
 
 
 @dataclass(frozen=True)

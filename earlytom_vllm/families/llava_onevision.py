@@ -64,7 +64,7 @@ FAMILY = LlavaOnevisionFamily(
         extra_prune_layers=((4, 14, 24), (6, 14, 20))),
     checkpoint=CheckpointRecipe(
         name="tiny-llava-onevision",
-        builder="earlytom_vllm.checkpoints:build_checkpoint",
+        recipe="earlytom_vllm.checkpoints.llava_onevision:RECIPE",
         # Real geometry (384 px, patch 14, 26 SigLIP layers), narrow widths: the vision encoder
         # takes about the paper's share of a full-token TTFT (measured in results/ttft.json).
         bench_sizes={"seed": 0, "vision_hidden": 128, "vision_layers": 26, "vision_heads": 2,

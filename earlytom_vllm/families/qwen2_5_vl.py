@@ -50,6 +50,24 @@ class Qwen2_5_VLFamily(QwenVisionFamily):
                                                   "fullatt_block_indexes"))
 
 
+# The benchmark-sized Qwen2.5-VL (``checkpoint.bench_sizes``): the tiny model's vision tower (real
+# geometry, 64 wide) and an LLM sized so that the vision encoder takes the share of a full-token
+# TTFT that it takes in Qwen2.5-VL-7B at the benchmark's 32 frames of 448 x 448 (16 slices of 32 x
+# 32 patches, 4096 video tokens, ~100 text tokens).
+#
+# Target, from FLOPs (this project's convention: multiply-adds, attention per slice as vLLM runs
+# it, windows of 64 patches, GQA, 3-matrix SwiGLU MLPs): Qwen2.5-VL-7B's vision tower (32 x 1280,
+# MLP 3420, patch embedding and merger included) is 10.8 T, its LLM (Qwen2.5-7B: 28 x 3584, 4 KV
+# heads, MLP 18944) over 4196 tokens 30.9 T: the encoder is 25.8% of the prefill (24-27% from 16
+# to 64 frames, 336 to 672 px).
+#
+# On this CPU the tiny tower takes 2.6-3.0 s for that video (quiet machine; it is dominated by the
+# per-window attention calls, which scale with the slices as the real encoder's FLOPs do); a
+# 4112-token text-only prefill of a 512 x 4 LLM took 2.4 s (~55 G multiply-adds/s, the attention's
+# n^2 term dominating at these widths). 768 x 7 (12 heads of 64, 2 KV heads, MLP 3072, ~425 G
+# multiply-adds at that length) is then ~7.7 s, so the encoder is ~26% of a ~11 s full-token TTFT.
+# Re-measure on the benchmark machine: the encoder time is the model's trace (``encoder_seconds``
+# with ``trace`` on), the LLM time a text-only prompt of equal length.
 FAMILY = Qwen2_5_VLFamily(
     name="qwen2_5_vl",
     title="Qwen2.5-VL",
@@ -69,10 +87,8 @@ FAMILY = Qwen2_5_VLFamily(
         ttft_ratios=(0.15, 0.10), throughput_ratios=(0.15, 0.10), kv_cache_gib=1),
     checkpoint=CheckpointRecipe(
         name="tiny-qwen2-5-vl",
-        builder="earlytom_vllm.checkpoints:build_qwen_checkpoint",
-        # The tiny vision tower (real geometry) and an LLM sized so the encoder takes Qwen2.5-VL-
-        # 7B's FLOPs share (25.8%) of a full-token TTFT at 32 frames x 448^2: the sizing argument
-        # is in earlytom_vllm/checkpoints.py (build_qwen_checkpoint).
+        recipe="earlytom_vllm.checkpoints.qwen2_5_vl:RECIPE",
+        cache_tag="qwen2_5_vl",
         bench_sizes={"text_hidden": 768, "text_layers": 7, "text_heads": 12,
                      "text_kv_heads": 2, "text_intermediate": 3072}),
     vllm_pruning=True,

@@ -35,8 +35,6 @@ from vllm.model_executor.models.qwen2_5_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs
-from vllm.utils.gpu_sync_debug import gpu_sync_allowed
-from vllm.utils.torch_utils import async_tensor_h2d
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
@@ -48,7 +46,12 @@ from earlytom_vllm.core import (
 )
 from earlytom_vllm.families.qwen2_5_vl import FAMILY
 from earlytom_vllm.plan import VideoPlan
-from earlytom_vllm.vllm.compat import all_reduce_tp
+from earlytom_vllm.vllm.compat import (
+    all_reduce_tp,
+    cast_overflow_tensors,
+    host_to_device,
+    sync_allowed,
+)
 from earlytom_vllm.vllm.observe import record_trace, trace_clock
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
@@ -177,8 +180,6 @@ class VllmQwenVisionTower:
         f, n, c = hidden.shape
         x = hidden.reshape(f * n, 1, c)
         if x.dtype == torch.float16:  # mirrors the stock forward (Qwen2.5-VL-3B overflows)
-            from vllm.model_executor.models.utils import cast_overflow_tensors
-
             x = cast_overflow_tensors(x)
         merged = self.visual.merger(x)  # [F*N/4, D], window order
         merged = merged[self.metadata(f)["reverse_indices"]]  # -> raster order
@@ -442,11 +443,11 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
         if isinstance(input_ids, torch.Tensor):
             ids = input_ids.to(device=device, dtype=torch.long)
         else:
-            ids = async_tensor_h2d(input_ids, dtype=torch.long, device=device)
+            ids = host_to_device(input_ids, dtype=torch.long, device=device)
         embeds = [mm[:, :-POSITION_CHANNELS] for mm in multimodal_embeddings]
         channels = [mm[:, -POSITION_CHANNELS:].permute(1, 0).long()
                     for mm in multimodal_embeddings]  # [4, L] each
-        with gpu_sync_allowed():
+        with sync_allowed():
             host_ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else input_ids
             positions = place_media(ids, host_ids, mrope_positions.clone(), channels,
                                     num_computed_tokens, self.config)

@@ -68,9 +68,9 @@ def expected_count(slices: int, per_slice: int, r: float) -> int:
 
 @pytest.fixture(scope="module")
 def qwen_checkpoint():
-    from earlytom_vllm.checkpoints import ensure_qwen_checkpoint
+    from earlytom_vllm.checkpoints import ensure
 
-    return ensure_qwen_checkpoint()
+    return ensure("qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
