@@ -62,8 +62,9 @@ FAMILY = Qwen3VLFamily(
         ttft_ratios=(0.15, 0.10), throughput_ratios=(0.15, 0.10), kv_cache_gib=1),
     checkpoint=CheckpointRecipe(
         name="tiny-qwen3-vl",
-        builder="earlytom_vllm.checkpoints:build_qwen3_vl_checkpoint",
-        # Sized by the lead with the FLOPs tool (issue 19 item 4); the tiny LLM until then.
+        recipe="earlytom_vllm.checkpoints.qwen3_vl:RECIPE",
+        cache_tag="qwen3_vl",
+        # To be sized with the FLOPs tool (issue 19, item 4: the lead's); the tiny LLM until then.
         bench_sizes={}),
     vllm_pruning=True,
 )

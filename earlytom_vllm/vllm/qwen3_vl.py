@@ -52,7 +52,6 @@ from vllm.model_executor.models.qwen3_vl_moe import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import PromptReplacement
-from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
@@ -64,6 +63,7 @@ from earlytom_vllm.core import (
 from earlytom_vllm.core.temporal import MergePlan, apply_plan
 from earlytom_vllm.families.qwen3_vl import FAMILY
 from earlytom_vllm.plan import VideoPlan
+from earlytom_vllm.vllm.compat import sync_allowed
 from earlytom_vllm.vllm.observe import record_trace, trace_clock
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
@@ -465,7 +465,7 @@ class EarlyTomQwen3VLModel(EarlyTomEmbeddings):
         """Strip the position channels from this chunk's media rows and place them
         (:func:`place_rows`; same contract as the stock method)."""
         embeds = [mm[:, :-POSITION_CHANNELS] for mm in multimodal_embeddings]
-        with gpu_sync_allowed():
+        with sync_allowed():
             host_ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else input_ids
             channels = [decode_channels(mm[:, -POSITION_CHANNELS:].cpu())
                         for mm in multimodal_embeddings]
