@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from types import SimpleNamespace
 
@@ -70,8 +71,60 @@ def checkpoint():
     return ensure("qwen3_vl")
 
 
+KWARGS_025 = {"earlytom": {"retain_ratio": 0.25}}
+
+
+def aligned_prompt(checkpoint) -> str:
+    """A one-video prompt whose video's first row sits at a multiple of CHUNK, so that a prefill
+    chunk starts exactly there (a system prompt of the right length in front)."""
+    from transformers import AutoTokenizer
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor
+
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    cfg = ids_of(tok)
+    # slice i holds frames 2i, 2i+1 at FPS: its timestamp is their mean time (vLLM's rule)
+    stamps = [(2 * i + 0.5) / FPS for i in range(GRID["A"][0])]
+    repl = Qwen3VLMultiModalProcessor.get_video_repl(
+        tokens_per_frame=[1] * len(stamps), timestamps=stamps, tokenizer=tok,
+        vision_start_token_id=cfg.vision_start_token_id,
+        vision_end_token_id=cfg.vision_end_token_id, video_token_id=cfg.video_token_id).full
+    into = list(repl).index(cfg.video_token_id)  # expansion tokens before the first row
+
+    def first_row(text: str) -> int:
+        return tok.encode(text).index(cfg.video_token_id) + into
+
+    fillers = ("note " * n + "!" * m for n in range(1, 32) for m in range(CHUNK))
+    return next(prompt(VIDEO, system=s) for s in fillers
+                if first_row(prompt(VIDEO, system=s)) % CHUNK == 0)
+
+
+CHUNKED_CASES = (("aligned", [A], KWARGS_025),
+                 (prompt(VIDEO, VIDEO, question="Compare."), [A, B], None))
+
+
 @pytest.fixture(scope="module")
-def qllm(checkpoint):
+def reference_jobs(run_engine, checkpoint):
+    """The module's two engine processes, started at once and run in parallel with the
+    in-process engine: the stock architecture, and EarlyTom with chunked prefill."""
+    aligned = aligned_prompt(checkpoint)
+    chunked = [{"prompt": aligned if p == "aligned" else p, "videos": v,
+                **({"mm_processor_kwargs": k} if k else {})} for p, v, k in CHUNKED_CASES]
+    stock = [{"prompt": prompt(VIDEO), "videos": [A]},
+             {"prompt": prompt(VIDEO, system=SYSTEM), "videos": [A]},
+             {"prompt": prompt(IMAGE), "images": [PICTURE]}]
+    pool = ThreadPoolExecutor(max_workers=2)
+    jobs = {"stock": pool.submit(run_engine, stock, model=checkpoint),
+            "chunked": pool.submit(run_engine, chunked, model=checkpoint,
+                                   hf_overrides=overrides(), trace=True,
+                                   engine_kwargs={"max_num_batched_tokens": CHUNK,
+                                                  "max_num_seqs": 4}),
+            "aligned": aligned}
+    yield jobs
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def qllm(checkpoint, reference_jobs):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine
     from vllm import LLM
 
@@ -83,11 +136,9 @@ def qllm(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def stock(run_engine, checkpoint):
-    """The stock architecture's results (its own process), run once."""
-    return run_engine([{"prompt": prompt(VIDEO), "videos": [A]},
-                       {"prompt": prompt(VIDEO, system=SYSTEM), "videos": [A]},
-                       {"prompt": prompt(IMAGE), "images": [PICTURE]}], model=checkpoint)
+def stock(reference_jobs):
+    """The stock architecture's results (its own process)."""
+    return reference_jobs["stock"].result()
 
 
 @functools.cache
@@ -327,30 +378,18 @@ def test_a_follow_up_served_from_the_prefix_cache_keeps_its_positions(qllm):
         assert v == pytest.approx(again_lp[k], abs=1e-5)
 
 
-def test_chunked_prefill_gives_the_unchunked_positions_and_logprobs(qllm, run_engine, checkpoint):
+def test_chunked_prefill_gives_the_unchunked_positions_and_logprobs(qllm, reference_jobs):
     """Prefill in chunks of 32 tokens: one request aligned so that a chunk starts exactly on
     its video's first row (where vLLM's own EVS crashes, vLLM issue 48833), chunk edges inside
     every slot, and two videos in one request."""
-    tok = qllm.get_tokenizer()
-    cfg = ids_of(tok)
-    kwargs = {"earlytom": {"retain_ratio": 0.25}}
-    base = generate(qllm, prompt(VIDEO, system=""), [A], kwargs=kwargs)
-    first_row = list(base.prompt_token_ids).index(cfg.video_token_id)
-    n0 = len(tok.encode(prompt(VIDEO, system="")))
-    fillers = ("note " * n + "!" * m for n in range(1, 32) for m in range(CHUNK))
-    system = next(s for s in fillers
-                  if (first_row + len(tok.encode(prompt(VIDEO, system=s))) - n0) % CHUNK == 0)
-    aligned = prompt(VIDEO, system=system)
-    cases = [(aligned, [A], kwargs), (prompt(VIDEO, VIDEO, question="Compare."), [A, B], None)]
-    chunked = run_engine([{"prompt": p, "videos": v, **({"mm_processor_kwargs": k} if k else {})}
-                          for p, v, k in cases], model=checkpoint, hf_overrides=overrides(),
-                         trace=True, engine_kwargs={"max_num_batched_tokens": CHUNK,
-                                                    "max_num_seqs": 4})
-    for res, (text, videos, kw) in zip(chunked, cases, strict=True):
-        out = generate(qllm, text, videos, kwargs=kw)
+    cfg = ids_of(qllm.get_tokenizer())
+    chunked = reference_jobs["chunked"].result()
+    for res, (text, videos, kw) in zip(chunked, CHUNKED_CASES, strict=True):
+        aligned = text == "aligned"
+        out = generate(qllm, reference_jobs["aligned"] if aligned else text, videos, kwargs=kw)
         ids = list(out.prompt_token_ids)
-        assert res["prompt_len"] == len(ids) > CHUNK * 3
-        if text == aligned:
+        assert res["prompt_len"] == len(ids) > CHUNK * 2  # 3+ chunks
+        if aligned:
             assert ids.index(cfg.video_token_id) % CHUNK == 0  # a chunk starts on row 0
         assert res["positions"][0] == model_read(qllm, "last_positions")
         ours = first_logprobs(out)
