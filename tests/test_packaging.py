@@ -3,8 +3,9 @@ otherwise miss a subpackage that the editable one finds)."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -151,6 +151,11 @@ class Family:
                            full_attention_blocks=self.full_attention_blocks(model_config))
         return config
 
+    def defaults_for(self, model_config: Any) -> EarlyTomConfig:
+        """The serving defaults for one checkpoint (``defaults``; a family whose encoder depth
+        varies between checkpoints places its prune layers by depth here)."""
+        return self.defaults
+
     def server_defaults(self, model_config: Any, overrides: Any = None) -> EarlyTomConfig:
         """The family's defaults with the server-wide ``overrides`` (``--hf-overrides``'
         ``earlytom`` object; read from ``model_config`` when not given), checked against the
@@ -158,7 +163,7 @@ class Family:
         if overrides is None:
             overrides = config_value(model_config, "earlytom", default=None)
         try:
-            return self.check(self.defaults.merged(overrides), model_config)
+            return self.check(self.defaults_for(model_config).merged(overrides), model_config)
         except EarlyTomConfigError as exc:
             raise exc.under("hf_overrides.earlytom") from None
 
