@@ -1,4 +1,4 @@
-"""Prefill FLOPs of LLaVA-OneVision and Qwen2.5-VL video requests, full and compressed: exact arithmetic, no model.
+"""Prefill FLOPs of LLaVA-OneVision, Qwen2.5-VL and Qwen3-VL video requests, full and compressed: exact arithmetic, no model.
 
 Run ``python -m benchmarks.flops`` (or ``python benchmarks/flops.py``) from the repository root. It
 prints, per model, one table with both conventions side by side, writes everything to
@@ -102,6 +102,13 @@ frames); ``--frames`` counts video frames, schedules count slices.
       alone are 102.2); it is close to this project's per-slice post-encoder count (64.0), so the
       paper's Qwen rows evidently count the encoder differently. ``results/flops.json`` carries
       both under ``qwen2_5_vl_paper``.
+
+Qwen3-VL-8B (``qwen3-vl-8b``; vision 27 blocks x 1152, 16 heads, GELU MLP 4304, patch 16,
+temporal patch 2, merge 2, every block full attention within a slice, deepstack mergers after
+blocks 8/16/24 besides the main one, all to 4096; LLM Qwen3-8B, 36 x 4096, 32 heads, 8 KV heads,
+SwiGLU 12288), 32 frames x 448^2 (16 slices x 28x28 patches, 196 LLM tokens a slice): the vision
+tower is 19.8% of the full-token prefill in this project's convention; prune layers 10/22/24 (the
+family's default for 27 blocks).
 
 Model configurations (:mod:`benchmarks.harness.flops_models`: each model is its vision tower,
 whose family gives what a frame is, its tokens, extra rows and default prune layers, and its LLM;
@@ -267,6 +274,17 @@ PAPER_FIGURES: tuple[tuple[str, str, str, float, str, float], ...] = (
 )
 
 
+def family_plot_models() -> list[str]:
+    """The first model of each family other than the reference model's (one plot each)."""
+    seen = {MODELS[REFERENCE_MODEL].family}
+    keys = []
+    for key, model in MODELS.items():
+        if model.family not in seen:
+            seen.add(model.family)
+            keys.append(key)
+    return keys
+
+
 def build_results(*, ratios: Sequence[float] = DEFAULT_RATIOS,
                   text_tokens: int = DEFAULT_TEXT_TOKENS, frames: int | None = None,
                   schedule: str | None = None, causal: bool = False,
@@ -428,9 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         write_json(results, args.json)
         plot_flops(results, args.plot)
-        qwen_plot = args.plot.with_name(args.plot.stem + "_qwen2_5_vl" + args.plot.suffix)
-        plot_flops(results, qwen_plot, key="qwen2.5-vl-7b")
-        print(f"\nwrote {args.json}, {args.plot} and {qwen_plot}")
+        written = [args.json, args.plot]
+        for key in family_plot_models():  # one plot per other family: its first model
+            family = MODELS[key].family
+            written.append(args.plot.with_name(f"{args.plot.stem}_{family}{args.plot.suffix}"))
+            plot_flops(results, written[-1], key=key)
+        print(f"\nwrote {', '.join(map(str, written))}")
     return 0
 
 

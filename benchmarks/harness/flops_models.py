@@ -124,16 +124,13 @@ class VisionConfig(_Vision):
 
 
 @dataclass(frozen=True, kw_only=True)
-class QwenVisionConfig(_Vision):
-    """Qwen2.5-VL's vision tower (``Qwen2_5_VisionTransformer``) for one video geometry.
-
-    ``image_h`` x ``image_w`` are the frame size after the processor's resize (multiples of 28);
-    a *slice* is ``temporal_patch`` frames; every slice is ``grid_h x grid_w`` patches."""
+class _SliceVision(_Vision):
+    """A Qwen vision tower for one video geometry: ``image_h`` x ``image_w`` are the frame size
+    after the processor's resize (multiples of patch x merge); a *slice* is ``temporal_patch``
+    frames of ``grid_h x grid_w`` patches; mergers fuse each 2x2 merge unit into one LLM token."""
 
     temporal_patch: int
     merge: int
-    window: int  # px: a side of the windowed blocks' attention windows
-    full_attention_blocks: tuple[int, ...]
     out_hidden: int  # merger output (the LLM width)
     image_h: int
     image_w: int
@@ -151,8 +148,33 @@ class QwenVisionConfig(_Vision):
         """Patches per slice (what one vision block sees per slice)."""
         return self.grid_h * self.grid_w
 
+    @property
+    def mergers(self) -> int:
+        """Patch mergers run per LLM token (Qwen3-VL: the main one and one per deepstack level)."""
+        return 1
+
     def hf_config(self) -> dict[str, Any]:
         return {"vision_config": {"patch_size": self.patch, "spatial_merge_size": self.merge}}
+
+    def patch_embed_macs(self, slices: int) -> int:
+        """The 3-D conv (temporal_patch x patch x patch x 3 -> width) over every patch."""
+        kernel = self.channels * self.temporal_patch * self.patch * self.patch
+        return slices * self.tokens_per_frame * kernel * self.width
+
+    def projector_macs(self, slices: int, hidden: int) -> int:
+        """Each patch merger: per LLM token, Linear(4w -> 4w), GELU, Linear(4w -> out_hidden)."""
+        inner = self.width * self.merge * self.merge
+        return self.mergers * slices * self.pooled_tokens_per_frame * (
+            inner * inner + inner * self.out_hidden)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QwenVisionConfig(_SliceVision):
+    """Qwen2.5-VL's vision tower (``Qwen2_5_VisionTransformer``): windowed attention but in
+    ``full_attention_blocks``, SwiGLU MLPs."""
+
+    window: int  # px: a side of the windowed blocks' attention windows
+    full_attention_blocks: tuple[int, ...]
 
     def window_sizes(self) -> list[int]:
         """Patches in each attention window of one slice (vLLM's ``get_window_index``: windows
@@ -164,11 +186,6 @@ class QwenVisionConfig(_Vision):
         cols = [min(units, mw - j) for j in range(0, mw, units)]
         return [rh * cw * self.merge * self.merge for rh in rows for cw in cols]
 
-    def patch_embed_macs(self, slices: int) -> int:
-        """The 3-D conv (2 x 14 x 14 x 3 -> width) over every patch of every slice."""
-        kernel = self.channels * self.temporal_patch * self.patch * self.patch
-        return slices * self.tokens_per_frame * kernel * self.width
-
     def layer_macs(self, block: int) -> int:
         """One slice through one block: q/k/v/o ``4 n w^2``; attention ``2 s^2 w`` summed over
         the attention sequences (the whole slice in a full-attention block, each 112-px window
@@ -178,10 +195,22 @@ class QwenVisionConfig(_Vision):
         return (4 * n * self.width ** 2 + 2 * sum(s * s for s in seqs) * self.width
                 + 3 * n * self.width * self.mlp)
 
-    def projector_macs(self, slices: int, hidden: int) -> int:
-        """The patch merger: per LLM token, Linear(4w -> 4w), GELU, Linear(4w -> out_hidden)."""
-        inner = self.width * self.merge * self.merge
-        return slices * self.pooled_tokens_per_frame * (inner * inner + inner * self.out_hidden)
+
+@dataclass(frozen=True, kw_only=True)
+class Qwen3VisionConfig(_SliceVision):
+    """Qwen3-VL's vision tower (``Qwen3_VisionTransformer``, also under Qwen3-VL-MoE, Qwen3.5):
+    every block attends over the whole slice, 2-matrix GELU MLPs; the hidden states after the
+    ``deepstack`` blocks each go through their own merger (deepstack features for the LLM)."""
+
+    deepstack: tuple[int, ...]
+
+    @property
+    def mergers(self) -> int:
+        return 1 + len(self.deepstack)
+
+    def layer_macs(self, block: int) -> int:
+        """One slice through one block: ``4 n w^2 + 2 n^2 w + 2 n w m`` (the paper's layer)."""
+        return paper_layer_macs(self.tokens_per_frame, self.width, self.mlp)
 
 
 #: The frame count the models and the default schedules are stated for.
@@ -195,6 +224,13 @@ QWEN25VL_VISION = QwenVisionConfig(
     layers=32, heads=16, mlp=3420, patch=14, temporal_patch=2, merge=2,
     window=112,  # px: 8x8 patches = 4x4 merge units
     full_attention_blocks=(7, 15, 23, 31), out_hidden=3584, image_h=644, image_w=644)
+#: Qwen3-VL-8B's vision tower at the TTFT benchmark's geometry (448^2: 28x28 patches a slice,
+#: 196 LLM tokens) from the checkpoint's config.json: 27 blocks x 1152, 16 heads, MLP 4304,
+#: patch 16, deepstack after blocks 8, 16, 24, mergers to 4096.
+QWEN3VL_VISION = Qwen3VisionConfig(
+    name="Qwen3-VL ViT (27 blocks, deepstack 8/16/24)", family_name="qwen3_vl", width=1152,
+    layers=27, heads=16, mlp=4304, patch=16, temporal_patch=2, merge=2, deepstack=(8, 16, 24),
+    out_hidden=4096, image_h=448, image_w=448)
 
 
 @dataclass(frozen=True)
@@ -203,7 +239,7 @@ class ModelConfig:
     label: str
     llm: LLMConfig
     frames: int = REFERENCE_FRAMES
-    vision: VisionConfig | QwenVisionConfig = SIGLIP
+    vision: VisionConfig | QwenVisionConfig | Qwen3VisionConfig = SIGLIP
 
     @property
     def family(self) -> str:
@@ -219,6 +255,7 @@ QWEN2_05B = LLMConfig("Qwen2-0.5B", hidden=896, layers=24, heads=14, kv_heads=2,
 QWEN2_7B = LLMConfig("Qwen2-7B", hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944)
 QWEN2_72B = LLMConfig("Qwen2-72B", hidden=8192, layers=80, heads=64, kv_heads=8, intermediate=29568)
 QWEN25_7B = LLMConfig("Qwen2.5-7B", hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944)
+QWEN3_8B = LLMConfig("Qwen3-8B", hidden=4096, layers=36, heads=32, kv_heads=8, intermediate=12288)
 # Qwen2.5-VL-7B is counted at 64 frames x 644^2 (32 slices x 46x46 patches, 529 LLM tokens per
 # slice, 16,928 in all): the setting closest to the paper's 554.7 TFLOPs (benchmarks/flops.py).
 QWEN25VL_FRAMES = 64
@@ -232,6 +269,7 @@ MODELS: dict[str, ModelConfig] = {
         ModelConfig("llava-video-7b", "LLaVA-Video-7B", QWEN2_7B, frames=64),
         ModelConfig("qwen2.5-vl-7b", "Qwen2.5-VL-7B", QWEN25_7B, frames=QWEN25VL_FRAMES,
                     vision=QWEN25VL_VISION),
+        ModelConfig("qwen3-vl-8b", "Qwen3-VL-8B", QWEN3_8B, vision=QWEN3VL_VISION),
     )
 }
 
