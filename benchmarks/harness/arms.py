@@ -19,27 +19,35 @@ from earlytom_vllm.families import Family
 METHODS: tuple[str, ...] = (
     "none", *(m for m in _library.METHODS if m not in ("none", "earlytom")), "earlytom")
 
-#: vLLM's own EVS (``--video-pruning-rate q``): server-wide, so it runs on an engine of its own
-#: (the family's vLLM architecture, same checkpoint) at the q whose kept count is EarlyTom's.
+#: vLLM's own pruning (``--video-pruning-method m --video-pruning-rate q``): server-wide, so each
+#: runs on an engine of its own (the family's vLLM architecture, same checkpoint) at the q whose
+#: kept count is EarlyTom's. Arm -> vLLM's method name; a family runs the methods its vLLM
+#: classes support (``Family.vllm_pruning``).
 VLLM_EVS = "vllm_evs"
-#: vLLM's own pruning arms (a future ``vllm_vidcom2`` joins here), each needing the family's
-#: ``vllm_pruning``.
-VLLM_ARMS: tuple[str, ...] = (VLLM_EVS,)
+VLLM_VIDCOM2 = "vllm_vidcom2"
+VLLM_METHOD = {VLLM_EVS: "evs", VLLM_VIDCOM2: "vidcom2"}
+VLLM_ARMS: tuple[str, ...] = tuple(VLLM_METHOD)
 ALL_ARMS: tuple[str, ...] = (*METHODS, *VLLM_ARMS)
 
 #: For tables and plots.
 LABELS = {"none": "full tokens", "post_encoder": "post-encoder", "evs": "EVS",
-          "earlytom": "EarlyTom", VLLM_EVS: "vLLM EVS"}
-SHORT = {"none": "none", "post_encoder": "post", "evs": "evs", VLLM_EVS: "vLLM-evs"}
+          "earlytom": "EarlyTom", VLLM_EVS: "vLLM EVS", VLLM_VIDCOM2: "vLLM VidCom2"}
+SHORT = {"none": "none", "post_encoder": "post", "evs": "evs", VLLM_EVS: "vLLM-evs",
+         VLLM_VIDCOM2: "vLLM-vidcom2"}
 COLORS = {"none": "#7f7f7f", "post_encoder": "#1f77b4", "evs": "#ff7f0e",
-          "earlytom": "#d62728", VLLM_EVS: "#2ca02c"}
+          "earlytom": "#d62728", VLLM_EVS: "#2ca02c", VLLM_VIDCOM2: "#9467bd"}
+
+
+def vllm_arms(family: Family) -> tuple[str, ...]:
+    """The vLLM arms ``family`` can run (its vLLM classes' own pruning methods)."""
+    return tuple(arm for arm, method in VLLM_METHOD.items() if method in family.vllm_pruning)
 
 
 def family_arms(family: Family) -> tuple[str, ...]:
     """A family's default arms, in table order: where vLLM prunes this family itself, full
     tokens, vLLM's arms and EarlyTom (its same-budget peers); else every library method."""
     if family.vllm_pruning:
-        return ("none", *VLLM_ARMS, "earlytom")
+        return ("none", *vllm_arms(family), "earlytom")
     return METHODS
 
 
@@ -48,8 +56,9 @@ def check_arms(arms: Sequence[str], family: Family) -> str | None:
     for arm in arms:
         if arm not in ALL_ARMS:
             return f"unknown method {arm!r} (choose from {', '.join(ALL_ARMS)})"
-        if arm in VLLM_ARMS and not family.vllm_pruning:
-            return f"{arm}: vLLM has no video pruning of its own for {family.title}"
+        if arm in VLLM_ARMS and arm not in vllm_arms(family):
+            return (f"{arm}: vLLM has no {VLLM_METHOD[arm]} video pruning for {family.title} "
+                    f"(it has: {', '.join(family.vllm_pruning) or 'none'})")
     return None
 
 
@@ -89,7 +98,8 @@ def build_cells(methods: Sequence[str], ratios: Sequence[float],
             if m == "none":
                 continue
             setting = {"earlytom": "serving default",
-                       VLLM_EVS: "vLLM's own EVS (own engine, stock architecture)"}
+                       VLLM_EVS: "vLLM's own EVS (own engine, stock architecture)",
+                       VLLM_VIDCOM2: "vLLM's own VidCom2 (own engine, stock architecture)"}
             cells.append({"method": m, "ratio": r,
                           "prune_layers": list(serving_prune_layers) if m == "earlytom"
                           else None, "setting": setting.get(m, "baseline")})

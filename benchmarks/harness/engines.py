@@ -10,6 +10,7 @@ outside by :func:`install_stock_timer`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.harness import families
-from benchmarks.harness.arms import VLLM_ARMS, VLLM_EVS
+from benchmarks.harness.arms import VLLM_EVS, VLLM_METHOD
 from benchmarks.harness.machine import machine_info
 from earlytom_vllm.families import Family
 
@@ -98,26 +99,29 @@ def make_engine(model: str, fam: Family, spec: dict[str, Any], *, device: str,
     else:
         kwargs["hf_overrides"] = {"architectures": [fam.base_architecture]}
         kwargs["video_pruning_rate"] = spec["video_pruning_rate"]
+        kwargs["video_pruning_method"] = spec["video_pruning_method"]
     if device == "cpu":
         kwargs["enforce_eager"] = True
     llm = LLM(**kwargs)
     if spec["video_pruning_rate"] is not None:
-        llm.apply_model(install_stock_timer)
+        llm.apply_model(functools.partial(install_stock_timer, arm=spec["arm"]))
     return llm
 
 
 def engine_specs(cells: Sequence[dict[str, Any]], fam: Family, frames: int,
                  per_frame: int) -> dict[str, dict[str, Any]]:
     """One engine per server-wide setting the cells need: :data:`PLUGIN` (every per-request
-    method) and one vLLM EVS engine per ratio (``video_pruning_rate``: the q whose EVS count is
-    EarlyTom's count at that ratio)."""
+    method) and one engine per vLLM arm and ratio (``video_pruning_rate``: the q whose count
+    under that arm's method is EarlyTom's count at that ratio)."""
     specs: dict[str, dict[str, Any]] = {}
     for c in cells:
         if c["engine"] in specs:
             continue
-        q = (families.vllm_pruning_rate(fam, frames, per_frame, c["ratio"])
-             if c["method"] in VLLM_ARMS else None)
-        specs[c["engine"]] = {"name": c["engine"], "video_pruning_rate": q}
+        method = VLLM_METHOD.get(c["method"])
+        q = (families.vllm_pruning_rate(fam, frames, per_frame, c["ratio"], method)
+             if method else None)
+        specs[c["engine"]] = {"name": c["engine"], "arm": c["method"],
+                              "video_pruning_rate": q, "video_pruning_method": method}
     return specs
 
 
@@ -129,10 +133,11 @@ def _sync(x: Any) -> None:
         torch.cuda.synchronize(t.device)
 
 
-def install_stock_timer(model: Any) -> None:
+def install_stock_timer(model: Any, arm: str = VLLM_EVS) -> None:
     """Benchmark only (applied to one engine's model with ``LLM.apply_model``): time the stock
     model's video encoder (``_process_video_input``: patch embedding, blocks, merger) and vLLM's
-    EVS selection (``_postprocess_video_embeds_evs``: retention mask, positions), one device
+    selection (``_postprocess_video_embeds_evs``, EVS's or VidCom2's retention mask and the
+    positions; ``arm`` names which), one device
     sync each, into ``model.bench_last`` in the trace's vocabulary. The wrappers are instance
     attributes of this model: no class or module is patched."""
     encode, select = model._process_video_input, model._postprocess_video_embeds_evs
@@ -152,7 +157,7 @@ def install_stock_timer(model: Any) -> None:
         t0 = time.perf_counter()
         out = select(embeds, video_input)
         _sync(out)
-        model.bench_last.update(tokens_seconds=time.perf_counter() - t0, method=VLLM_EVS,
+        model.bench_last.update(tokens_seconds=time.perf_counter() - t0, method=arm,
                                 rows=sum(int(e.shape[0]) for e in out))
         return out
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from earlytom_vllm import EarlyTomConfig
 from earlytom_vllm import families as registry
-from earlytom_vllm.families import Family, evs_kept
+from earlytom_vllm.families import Family, vllm_kept
 
 #: Every registered family's name: what ``--family`` accepts.
 NAMES: tuple[str, ...] = tuple(f.name for f in registry.all_families())
@@ -112,13 +112,15 @@ def expected_rows(family: Family, method: str, ratio: float | None, frames: int,
     return family.rows(family.units(frames), cfg, per_frame)
 
 
-def vllm_pruning_rate(family: Family, frames: int, per_frame: int, ratio: float) -> float:
-    """vLLM's ``--video-pruning-rate`` whose EVS keeps EarlyTom's count at ``ratio``."""
+def vllm_pruning_rate(family: Family, frames: int, per_frame: int, ratio: float,
+                      method: str = "evs") -> float:
+    """vLLM's ``--video-pruning-rate`` whose ``method`` keeps EarlyTom's count at ``ratio``."""
     count = expected_rows(family, "earlytom", ratio, frames, per_frame)
-    return family.vllm_pruning_rate(family.units(frames), per_frame, count)
+    return family.vllm_pruning_rate(family.units(frames), per_frame, count, method)
 
 
-def vllm_pruning_rows(family: Family, frames: int, per_frame: int, ratio: float) -> int:
-    """Tokens vLLM's EVS keeps of a video at :func:`vllm_pruning_rate` (its own count)."""
-    q = vllm_pruning_rate(family, frames, per_frame, ratio)
-    return evs_kept(family.units(frames) * per_frame, per_frame, q) + family.extra_rows
+def vllm_pruning_rows(family: Family, frames: int, per_frame: int, ratio: float,
+                      method: str = "evs") -> int:
+    """Tokens vLLM's ``method`` keeps of a video at :func:`vllm_pruning_rate` (its own count)."""
+    q = vllm_pruning_rate(family, frames, per_frame, ratio, method)
+    return vllm_kept(method, family.units(frames), per_frame, q) + family.extra_rows

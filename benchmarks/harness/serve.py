@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import families
-from benchmarks.harness.arms import VLLM_ARMS, Arm
+from benchmarks.harness.arms import VLLM_ARMS, VLLM_METHOD, Arm
 from earlytom_vllm.families import Family
 
 
@@ -164,18 +164,23 @@ def launch_bench_server(*, checkpoint: str, media_dir: Path, frames: int, max_mo
 def vllm_arm_servers(fam: Family, arms: Sequence[Arm], frames: int, per_frame: int
                      ) -> dict[str, dict[str, Any]]:
     """Server key -> what the server of each vLLM arm runs: the family's vLLM architecture
-    (``--no-earlytom-arch``) with the ``--video-pruning-rate`` whose EVS count is EarlyTom's at
-    the arm's ratio."""
+    (``--no-earlytom-arch``) with the arm's ``--video-pruning-method`` at the
+    ``--video-pruning-rate`` whose count is EarlyTom's at the arm's ratio."""
     out = {}
     for arm in arms:
         if arm.method in VLLM_ARMS and arm.server not in out:
-            q = families.vllm_pruning_rate(fam, frames, per_frame, arm.ratio)
+            method = VLLM_METHOD[arm.method]
+            q = families.vllm_pruning_rate(fam, frames, per_frame, arm.ratio, method)
             out[arm.server] = {
-                "ratio": arm.ratio, "video_pruning_rate": q, "arch": fam.base_architecture,
-                "evs_tokens": families.vllm_pruning_rows(fam, frames, per_frame, arm.ratio),
+                "ratio": arm.ratio, "video_pruning_method": method, "video_pruning_rate": q,
+                "arch": fam.base_architecture,
+                "evs_tokens": families.vllm_pruning_rows(fam, frames, per_frame, arm.ratio,
+                                                         method),
                 "earlytom_tokens": families.expected_rows(fam, "earlytom", arm.ratio, frames,
                                                           per_frame),
-                "serve_args": ["--no-earlytom-arch", f"--backend-arg=--video-pruning-rate={q}"]}
+                "serve_args": ["--no-earlytom-arch",
+                               f"--backend-arg=--video-pruning-method={method}",
+                               f"--backend-arg=--video-pruning-rate={q}"]}
     return out
 
 

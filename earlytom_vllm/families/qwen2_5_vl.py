@@ -99,5 +99,5 @@ FAMILY = Qwen2_5_VLFamily(
         cache_tag="qwen2_5_vl",
         bench_sizes={"text_hidden": 768, "text_layers": 7, "text_heads": 12,
                      "text_kv_heads": 2, "text_intermediate": 3072}),
-    vllm_pruning=True,
+    vllm_pruning=("evs",),
 )

@@ -9,7 +9,7 @@ import math
 from benchmarks import flops
 from benchmarks.harness import flops_models as fm
 from earlytom_vllm.core import video_token_budget
-from earlytom_vllm.families import evs_kept, evs_rate_for_count
+from earlytom_vllm.families import evs_kept, rate_for_count
 
 QWEN = flops.MODELS["qwen2.5-vl-7b"]
 V = QWEN.vision
@@ -74,7 +74,7 @@ def test_evs_rate_matches_the_budget():
     total, tpf = 16 * 256, 256
     for r in (0.15, 0.10):
         budget = video_token_budget(16, r, tpf)
-        q = evs_rate_for_count(total, tpf, budget)
+        q = rate_for_count("evs", 16, tpf, budget)
         assert abs(evs_kept(total, tpf, q) - budget) <= 1
     assert evs_kept(total, tpf, 0.99) == tpf  # EVS never goes below one frame
 
@@ -105,5 +105,5 @@ def test_evs_rates_for_the_qwen_benchmark_setting():
     # 32 frames x 448^2: 16 slices x 16x16 merged tokens = 4096; EVS matches the budget exactly
     for r, budget in ((0.15, 16 * 39), (0.10, 16 * 26)):
         assert video_token_budget(16, r, 256) == budget
-        q = evs_rate_for_count(4096, 256, budget)
+        q = rate_for_count("evs", 16, 256, budget)
         assert evs_kept(4096, 256, q) == budget, (r, q)
