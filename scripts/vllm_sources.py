@@ -98,8 +98,12 @@ def fetch(version: str, *, root: Path = CACHE_ROOT, index_url: str = INDEX_URL) 
         staging = Path(tmp) / "tree"
         if _extract_python(archive, staging) == 0:
             raise RuntimeError(f"vllm-{version}.tar.gz holds no vllm/*.py")
-        staging.rename(dest)
-    (dest / _DONE).write_text(SDISTS[version] + "\n")
+        (staging / _DONE).write_text(SDISTS[version] + "\n")
+        try:
+            staging.rename(dest)
+        except OSError:  # another process finished the same release first
+            if not (dest / _DONE).is_file():
+                raise
     return dest / "vllm"
 
 
