@@ -38,7 +38,7 @@ ARG EARLYTOM_UID=10001
 ARG EARLYTOM_GID=10001
 
 LABEL org.opencontainers.image.title="earlytom-vllm" \
-      org.opencontainers.image.description="LLaVA-OneVision on vLLM 0.32 with EarlyTom visual-token compression, OpenAI-compatible API" \
+      org.opencontainers.image.description="Video LLMs (LLaVA-OneVision, LLaVA-Video, Qwen2.5-VL) on vLLM 0.32 with EarlyTom visual-token compression, OpenAI-compatible API" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # Install the wheel with the [server] extra (fastapi, uvicorn, pydantic-settings, prometheus-client,

@@ -53,7 +53,7 @@ audit: venv
 	$(PY) -m pip_audit --strict --progress-spinner off
 
 # Where pip-audit cannot reach per-release data: PyPI's project JSON for every installed
-# distribution that is the latest release (RELIABILITY.md says what it covers).
+# distribution that is the latest release (docs/reliability.md says what it covers).
 audit-latest: venv
 	$(PY) scripts/audit_latest.py
 

@@ -62,9 +62,9 @@ VIDEO_KINDS = ("scene", "motion", "static", "random")
 
 def checkpoint(sizes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(path, every size) of the random-weight checkpoint built with ``sizes`` (cached on disk)."""
-    from earlytom_vllm.checkpoints import _DEFAULT_ARGS, ensure_checkpoint
+    from earlytom_vllm import checkpoints as ck
 
-    return str(ensure_checkpoint(**sizes)), {**_DEFAULT_ARGS, **sizes}
+    return str(ck.ensure("llava_onevision", **sizes)), ck.sizes("llava_onevision", **sizes)
 
 
 def checkpoint_desc(sizes: Mapping[str, Any]) -> str:
@@ -146,18 +146,17 @@ class Family:
     video_fps: int = 4
 
     def defaults(self) -> EarlyTomConfig:
-        """The family's serving defaults (prune layers etc.), from its adapter (imports vLLM)."""
-        import importlib
+        """The family's serving defaults (prune layers etc.), from the family registry."""
+        from earlytom_vllm.families import get
 
-        module, name = self.info_class.split(":")
-        return getattr(importlib.import_module(module), name).family_defaults
+        return get(self.name).defaults
 
     def checkpoint(self, sizes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """(path, every size) of the random-weight checkpoint built with ``sizes`` (cached)."""
         from earlytom_vllm import checkpoints as ck
 
         if self.name == "qwen2_5_vl":
-            return str(ck.ensure_qwen_checkpoint(**sizes)), {**ck._QWEN_DEFAULT_ARGS, **sizes}
+            return str(ck.ensure("qwen2_5_vl", **sizes)), ck.sizes("qwen2_5_vl", **sizes)
         return checkpoint(sizes)
 
     def checkpoint_desc(self, sizes: Mapping[str, Any]) -> str:
@@ -203,9 +202,9 @@ class Family:
 
 
 def _qwen_bench_sizes() -> dict[str, Any]:
-    from earlytom_vllm.checkpoints import QWEN_BENCHMARK_SIZES
+    from earlytom_vllm.families import get
 
-    return dict(QWEN_BENCHMARK_SIZES)
+    return dict(get("qwen2_5_vl").checkpoint.bench_sizes)
 
 
 FAMILIES: dict[str, Family] = {

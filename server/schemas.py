@@ -6,7 +6,8 @@ streaming switches, the usual sampling numbers so that wrong types fail fast wit
 
 The ``earlytom`` extension (request body, next to ``messages``)::
 
-    "earlytom": {"retain_ratio": 0.15}           # any EarlyTomConfig field, validated here
+    "earlytom": {"retain_ratio": 0.15}           # a per-request key (config.REQUEST_KEYS),
+                                                 # validated here; server-wide ones are a 400
     "earlytom": {"enabled": false}               # this request uncompressed
     "earlytom": {"frames_as_video": true}        # the request's image_url parts are frames of ONE
                                                  # video (what lmms-eval's openai backend sends);

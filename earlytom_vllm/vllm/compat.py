@@ -1,6 +1,8 @@
 """The one place that touches vLLM internals which may move between releases (private helpers,
-runner attributes). Public APIs (ModelRegistry, MULTIMODAL_REGISTRY, the model classes the
-families subclass) are used directly where they are needed."""
+runner attributes, the runners' pruning decisions). Public APIs (ModelRegistry,
+MULTIMODAL_REGISTRY, the model and processor classes the families subclass, ``video_prune/evs.py``
+whose position plumbing the Qwen adapters call) are used directly where they are needed, each
+with a note of what it mirrors and the test that pins it."""
 
 from __future__ import annotations
 
@@ -13,16 +15,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-def llava_encoder_depth(hf_config) -> int:
-    """Vision-encoder layers vLLM instantiates for this LLaVA-style config."""
-    from vllm.model_executor.models.llava import _get_num_hidden_layers
+def cast_overflow_tensors(x):
+    """vLLM's fp16 overflow clamp (``models/utils.py``), as Qwen2.5-VL's vision forward applies
+    it before the merger."""
+    from vllm.model_executor.models.utils import cast_overflow_tensors as cast
 
-    if not isinstance(hf_config.vision_feature_layer, int):
-        raise ValueError(
-            "EarlyTom needs a single vision_feature_layer; "
-            f"got {hf_config.vision_feature_layer!r}"
-        )
-    return int(_get_num_hidden_layers(hf_config))
+    return cast(x)
+
+
+def host_to_device(values, *, dtype, device):
+    """A host list as a device tensor without a blocking copy (``utils/torch_utils.py:
+    async_tensor_h2d``)."""
+    from vllm.utils.torch_utils import async_tensor_h2d
+
+    return async_tensor_h2d(values, dtype=dtype, device=device)
+
+
+def sync_allowed():
+    """The context in which vLLM's GPU-sync debugging (``utils/gpu_sync_debug.py``) allows a
+    device-to-host copy: the position rewrite reads the prompt's ids once per step."""
+    from vllm.utils.gpu_sync_debug import gpu_sync_allowed
+
+    return gpu_sync_allowed()
 
 
 def all_reduce_tp(t):

@@ -28,8 +28,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
 from earlytom_vllm.core.attention import pool_received
+from earlytom_vllm.families.llava_onevision import FAMILY
 from earlytom_vllm.plan import VideoPlan
-from earlytom_vllm.vllm.compat import all_reduce_tp, llava_encoder_depth, siglip_embed
+from earlytom_vllm.vllm.compat import all_reduce_tp, siglip_embed
 from earlytom_vllm.vllm.observe import record_trace, trace_clock
 from earlytom_vllm.vllm.processing import (
     EarlyTomEmbeddings,
@@ -40,23 +41,12 @@ from earlytom_vllm.vllm.processing import (
     server_defaults,
 )
 
-NEWLINE_ROWS = 1  # one image_newline embedding after each video's tokens
-
-
 # --------------------------------------------------------------------------------------------------
 # Processor (API-server process)
 
 
 class EarlyTomLlavaOnevisionProcessingInfo(EarlyTomInfo, LlavaOnevisionProcessingInfo):
-    family_defaults = EarlyTomConfig()  # prune layers (10, 21, 23): docs/method.md section 5
-
-    def earlytom_encoder_depth(self) -> int:
-        return llava_encoder_depth(self.get_hf_config())
-
-    def tokens_per_frame(self) -> int:
-        """Tokens of one pooled frame, as vLLM counts them (the same at every resolution)."""
-        width, height = self.get_image_size_with_most_features()
-        return self._get_num_frame_tokens(image_width=width, image_height=height)
+    family = FAMILY
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts) -> int:
         # Upstream caps the profiling dummy at 16 frames; profile the real maximum we serve.
@@ -65,18 +55,14 @@ class EarlyTomLlavaOnevisionProcessingInfo(EarlyTomInfo, LlavaOnevisionProcessin
         return max(1, min(fits, self.earlytom_defaults.max_frames))
 
 
-class EarlyTomLlavaOnevisionDummyInputsBuilder(LlavaOnevisionDummyInputsBuilder):
-    pass
-
-
 class EarlyTomLlavaOnevisionMultiModalProcessor(EarlyTomProcessor,
                                                 LlavaOnevisionMultiModalProcessor):
     info: EarlyTomLlavaOnevisionProcessingInfo
 
     def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
-        per_frame = self.info.tokens_per_frame()
+        per_frame = FAMILY.frame_tokens(self.info.get_hf_config())  # 196 at every resolution
         videos = processed["pixel_values_videos"]  # [V, F, C, H, W] or V x [F, C, H, W]
-        return [VideoPlan(int(v.shape[0]), per_frame, NEWLINE_ROWS, config) for v in videos]
+        return [VideoPlan(int(v.shape[0]), per_frame, FAMILY.extra_rows, config) for v in videos]
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
@@ -150,15 +136,15 @@ class VllmSiglipTower:
 @MULTIMODAL_REGISTRY.register_processor(
     EarlyTomLlavaOnevisionMultiModalProcessor,
     info=EarlyTomLlavaOnevisionProcessingInfo,
-    dummy_inputs=EarlyTomLlavaOnevisionDummyInputsBuilder,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
 )
 class EarlyTomLlavaOnevisionForConditionalGeneration(EarlyTomEmbeddings,
                                                      LlavaOnevisionForConditionalGeneration):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        depth = llava_encoder_depth(self.config)
+        depth = FAMILY.encoder_depth(self.config)
         # A server-wide setting that does not fit this model stops the engine here, at start-up.
-        server_defaults(self.config, EarlyTomLlavaOnevisionProcessingInfo.family_defaults, depth)
+        server_defaults(FAMILY, self.config)
         # Observability (only with the server-wide ``trace`` setting): frames entering each
         # encoder layer, summed over videos, and the last video's trace. Read with
         # LLM.apply_model / collective_rpc (earlytom_vllm.vllm.observe).

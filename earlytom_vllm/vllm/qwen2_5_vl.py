@@ -35,8 +35,6 @@ from vllm.model_executor.models.qwen2_5_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs
-from vllm.utils.gpu_sync_debug import gpu_sync_allowed
-from vllm.utils.torch_utils import async_tensor_h2d
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
@@ -46,8 +44,14 @@ from earlytom_vllm.core import (
     kept_grid_positions,
     pool_merge_units,
 )
+from earlytom_vllm.families.qwen2_5_vl import FAMILY
 from earlytom_vllm.plan import VideoPlan
-from earlytom_vllm.vllm.compat import all_reduce_tp
+from earlytom_vllm.vllm.compat import (
+    all_reduce_tp,
+    cast_overflow_tensors,
+    host_to_device,
+    sync_allowed,
+)
 from earlytom_vllm.vllm.observe import record_trace, trace_clock
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
@@ -59,7 +63,6 @@ from earlytom_vllm.vllm.processing import (
     server_defaults,
 )
 
-EXTRA_ROWS = 0  # Qwen2.5-VL appends nothing to a video's tokens
 POSITION_CHANNELS = 4  # vLLM's EVS layout: t, h, w, text offset (video_prune/evs.py)
 
 
@@ -68,17 +71,7 @@ POSITION_CHANNELS = 4  # vLLM's EVS layout: t, h, w, text offset (video_prune/ev
 
 
 class EarlyTomQwen2_5_VLProcessingInfo(EarlyTomInfo, Qwen2_5_VLProcessingInfo):
-    # method.md section 7: merge after full-attention blocks 7, 15, 23 (22% / 47% / 72% depth)
-    family_defaults = EarlyTomConfig(prune_layers=(7, 15, 23))
-
-    def earlytom_encoder_depth(self) -> int:
-        return int(self.get_hf_config().vision_config.depth)
-
-    def earlytom_full_attention_blocks(self) -> tuple[int, ...]:
-        return tuple(int(i) for i in self.get_hf_config().vision_config.fullatt_block_indexes)
-
-    def merge_size(self) -> int:
-        return int(self.get_hf_config().vision_config.spatial_merge_size)
+    family = FAMILY
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts,
                                           max_frames_per_video: int | None = None) -> int:
@@ -90,16 +83,12 @@ class EarlyTomQwen2_5_VLProcessingInfo(EarlyTomInfo, Qwen2_5_VLProcessingInfo):
                                                          max_frames_per_video)
 
 
-class EarlyTomQwen2_5_VLDummyInputsBuilder(Qwen2_5_VLDummyInputsBuilder):
-    pass
-
-
 class EarlyTomQwen2_5_VLMultiModalProcessor(EarlyTomProcessor, Qwen2_5_VLMultiModalProcessor):
     info: EarlyTomQwen2_5_VLProcessingInfo
 
     def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
-        m = self.info.merge_size()
-        return [VideoPlan(t, (h // m) * (w // m), EXTRA_ROWS, config)
+        hf_config = self.info.get_hf_config()
+        return [VideoPlan(t, FAMILY.frame_tokens(hf_config, (h, w)), FAMILY.extra_rows, config)
                 for t, h, w in processed["video_grid_thw"].tolist()]  # [V, 3] slices, patches
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
@@ -206,8 +195,6 @@ class VllmQwenVisionTower:
         f, n, c = hidden.shape
         x = hidden.reshape(f * n, 1, c)
         if x.dtype == torch.float16:  # mirrors the stock forward (Qwen2.5-VL-3B overflows)
-            from vllm.model_executor.models.utils import cast_overflow_tensors
-
             x = cast_overflow_tensors(x)
         merged = self.visual.merger(x)  # [F*N/4, D], window order
         merged = merged[self.metadata(f)["reverse_indices"]]  # -> raster order
@@ -279,7 +266,7 @@ def place_media(ids: torch.Tensor, host_ids: list[int], positions: torch.Tensor,
 @MULTIMODAL_REGISTRY.register_processor(
     EarlyTomQwen2_5_VLMultiModalProcessor,
     info=EarlyTomQwen2_5_VLProcessingInfo,
-    dummy_inputs=EarlyTomQwen2_5_VLDummyInputsBuilder,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
 class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
                                                  Qwen2_5_VLForConditionalGeneration):
@@ -297,10 +284,8 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
         # Our embeddings always carry positions: the model's own EVS branches (and its encoder
         # CUDA graphs, which bypass embed_multimodal) must treat pruning as enabled.
         self.is_multimodal_pruning_enabled = True
-        vc = self.config.vision_config
         # A server-wide setting that does not fit this model stops the engine here, at start-up.
-        defaults = server_defaults(self.config, EarlyTomQwen2_5_VLProcessingInfo.family_defaults,
-                                   int(vc.depth), tuple(vc.fullatt_block_indexes))
+        defaults = server_defaults(FAMILY, self.config)
         self.earlytom_trace = defaults.trace
         # Observability (server-wide ``trace`` only): see earlytom_vllm.vllm.observe.
         self.earlytom_layer_frames = [0] * len(self.visual.blocks)
@@ -442,11 +427,11 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
         if isinstance(input_ids, torch.Tensor):
             ids = input_ids.to(device=device, dtype=torch.long)
         else:
-            ids = async_tensor_h2d(input_ids, dtype=torch.long, device=device)
+            ids = host_to_device(input_ids, dtype=torch.long, device=device)
         embeds = [mm[:, :-POSITION_CHANNELS] for mm in multimodal_embeddings]
         channels = [mm[:, -POSITION_CHANNELS:].permute(1, 0).long()
                     for mm in multimodal_embeddings]  # [4, L] each
-        with gpu_sync_allowed():
+        with sync_allowed():
             host_ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else input_ids
             positions = place_media(ids, host_ids, mrope_positions.clone(), channels,
                                     num_computed_tokens, self.config)

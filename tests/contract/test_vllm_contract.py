@@ -58,7 +58,7 @@ def test_the_scan_finds_what_the_plugin_uses(installed_tree):
     assert {("EarlyTomLlavaOnevisionMultiModalProcessor", "_apply_hf_processor_main"),
             ("EarlyTomQwen2_5_VLMultiModalProcessor", "_apply_hf_processor_main")} <= overrides
     self_calls = {m.name for m in reached if m.kind == "self-call"}
-    assert "_get_num_frame_tokens" in self_calls
+    assert "_get_max_video_frames" in self_calls
 
 
 def test_new_code_is_covered_without_a_list(tmp_path, installed_tree):

@@ -7,7 +7,7 @@ mixes in media URLs of every scheme, mutates the bodies (a subtree replaced by a
 the bytes cut or flipped) and sends each one over HTTP. For every response: no 5xx, an answer
 within the client timeout (no hang), and a body that conforms to the schema declared for its
 status (the completion, server-sent events, or the OpenAI error). Deterministic (derandomized)
-and bounded: ``FUZZ_EXAMPLES`` (default 120 per test) scales a longer run, see RELIABILITY.md.
+and bounded: ``FUZZ_EXAMPLES`` (default 120 per test) scales a longer run, see docs/reliability.md.
 
 The media fuzzer calls the parsers of untrusted strings and bytes (data URLs, base64, ``file://``
 paths, http(s) URLs and host names with DNS stubbed out, image and video bytes) and requires that

@@ -26,7 +26,10 @@ from frontend_fakes import (
 from earlytom_server.app import create_app
 from earlytom_server.cli import example_request, settings_from_args
 from earlytom_server.settings import Settings
-from earlytom_server.supervisor import ARCHITECTURE, backend_env, build_vllm_command
+from earlytom_server.supervisor import backend_env, build_vllm_command
+from earlytom_vllm.families import get as get_family
+
+ARCHITECTURE = get_family("llava_onevision").architecture  # the default family
 
 HERE = Path(__file__).parent
 FAKE = str(HERE / "frontend_fakes.py")

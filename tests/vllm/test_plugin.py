@@ -50,11 +50,12 @@ def last_trace(llm):
 def test_plugin_registers_architecture_idempotently():
     from vllm import ModelRegistry
 
-    from earlytom_vllm.vllm.plugin import ARCHITECTURE, register
+    from earlytom_vllm.families import get
+    from earlytom_vllm.vllm.plugin import register
 
     register()
     register()
-    assert ARCHITECTURE == ARCH
+    assert get("llava_onevision").architecture == ARCH
     assert ARCH in ModelRegistry.get_supported_archs()
 
 
