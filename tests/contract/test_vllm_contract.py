@@ -133,3 +133,16 @@ def test_each_release_has_the_runners_its_hooks_patch(release_trees, installed_t
         assert not trees[version].is_module(cpu_v2)
     assert not any(trees["0.34.0"].is_module(m) for m in v1)
     assert trees["0.34.0"].is_module(cpu_v2)
+
+
+def test_the_support_matrix_covers_every_supported_release():
+    """docs/vllm-versions.md: one matrix column per supported release, each release's hooks named
+    in it, and the upstream bug the Qwen adapter works around."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "vllm-versions.md").read_text()
+    low, high = SUPPORTED_VLLM
+    header = "| | " + " | ".join(f"vLLM 0.{m}" for m in range(low[1], high[1])) + " |"
+    assert header in text
+    for hooks in PRUNING_HOOKS.values():
+        for hook in hooks:
+            assert hook.target.rsplit(".", 1)[-1] in text
+    assert "#48833" in text and "cannot see" in text
