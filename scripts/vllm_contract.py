@@ -430,7 +430,6 @@ class Use:
     ref: tuple[str, ...]  # (module, name, *attrs); override/self/super: ("class", ...) + member
     where: str
     call: CallShape | None = None
-    sig: Sig | None = None  # an override's own signature
 
 
 def _ref_text(ref: tuple[str, ...]) -> str:
@@ -502,10 +501,9 @@ class Project:
             if src.startswith(_PROJECT_ROOTS) and (src, name) in self.classes and not attrs:
                 return ("project", (src, name))
             return None
-        mod = b[1]  # import vllm.x -> binds vllm; attrs name the submodule then the member
-        if mod == "vllm" and attrs:
-            for i in range(len(attrs), 0, -1):
-                return ("vllm", (".".join([mod, *attrs[:i - 1]]), *attrs[i - 1:]))
+        mod = b[1]  # ``import vllm.x [as y]``: the attributes name submodules, then a member
+        if (mod == "vllm" or mod.startswith("vllm.")) and attrs:
+            return ("vllm", (".".join([mod, *attrs[:-1]]), attrs[-1]))
         return None
 
     # -- what the project uses ----------------------------------------------------------------

@@ -102,6 +102,22 @@ def require_supported_vllm() -> tuple[int, int]:
     return vllm_minor(__version_tuple__)
 
 
+#: Where ``make_arg_parser`` (the ``vllm serve`` flags) lives per release: it moved from
+#: ``entrypoints/launchers/cli_args.py`` to ``entrypoints/common/cli_args.py`` in 0.33.
+CLI_ARGS_MODULE = {
+    (0, 32): "vllm.entrypoints.launchers.cli_args",
+    (0, 33): "vllm.entrypoints.common.cli_args",
+    (0, 34): "vllm.entrypoints.common.cli_args",
+}
+
+
+def make_arg_parser(parser):
+    """``vllm serve``'s flags added to ``parser`` (a ``FlexibleArgumentParser``), by this
+    release's ``make_arg_parser``."""
+    module = importlib.import_module(CLI_ARGS_MODULE[require_supported_vllm()])
+    return module.make_arg_parser(parser)
+
+
 # --------------------------------------------------------------------------------------------------
 # vLLM's multimodal-pruning plumbing (EVS): which runners turn it on
 #

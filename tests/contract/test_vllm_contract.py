@@ -12,7 +12,7 @@ import pytest
 import vllm_contract
 from vllm_contract import Project, Tree, check, tree_version
 
-from earlytom_vllm.vllm.compat import PRUNING_HOOKS, SUPPORTED_VLLM
+from earlytom_vllm.vllm.compat import CLI_ARGS_MODULE, PRUNING_HOOKS, SUPPORTED_VLLM
 
 
 def _minor(version: str) -> tuple[int, int]:
@@ -119,6 +119,18 @@ def test_a_broken_release_fails_the_check(tmp_path, installed_tree):
     assert "hook vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model: module not found" \
         in text
     assert len(problems) == 5, text  # the import and its call site both report the removal
+
+
+def test_each_release_has_make_arg_parser_where_compat_looks(release_trees, installed_tree):
+    """compat.make_arg_parser's module per release (it moved in 0.33), checked in each tree."""
+    trees = {tree_version(installed_tree): Tree(installed_tree, "installed"),
+             **{_minor(v): Tree(p, v) for v, p in release_trees.items()}}
+    assert sorted(trees) == sorted(CLI_ARGS_MODULE)
+    for minor, tree in trees.items():
+        found = tree.resolve(CLI_ARGS_MODULE[minor], "make_arg_parser")
+        assert found is not None and found.kind == "function", (minor, CLI_ARGS_MODULE[minor])
+        assert vllm_contract.Sig.of(found.node, bound=False).positional == ("parser",)
+    assert CLI_ARGS_MODULE[(0, 32)] != CLI_ARGS_MODULE[(0, 33)]
 
 
 def test_each_release_has_the_runners_its_hooks_patch(release_trees, installed_tree):

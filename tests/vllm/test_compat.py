@@ -143,3 +143,17 @@ def test_the_hooks_target_this_vllm_and_the_opt_in_name_is_the_models():
     assert compat.require_supported_vllm() == (0, 32)  # vLLM 0.32.x here
     assert getattr(Qwen, compat.PRUNING_OPT_IN) is True
     assert Qwen.supports_multimodal_pruning
+
+
+def test_siglip_embed_runs_the_input_norm_where_the_release_has_one():
+    """vLLM 0.34's SiglipVisionTransformer runs ``input_norm(pixels, dtype)`` before the
+    embeddings; 0.32/0.33's has none."""
+    import torch
+
+    pixels = torch.ones(2, 3, 4, 4)
+    old = SimpleNamespace(embeddings=lambda p: p * 2)
+    new = SimpleNamespace(embeddings=lambda p: p * 2, device=torch.device("cpu"),
+                          dtype=torch.float64, input_norm=lambda p, dtype: (p + 1).to(dtype))
+    assert torch.equal(compat.siglip_embed(old, pixels), pixels * 2)
+    out = compat.siglip_embed(new, pixels)
+    assert out.dtype == torch.float64 and torch.equal(out, (pixels.double() + 1) * 2)
