@@ -738,6 +738,10 @@ def _hook_errors(tree: Tree, hook) -> list[str]:
         if err or Sig.of(d.node, bound=False).positional != _FACTORY_PARAMS:
             errors.append(f"{name}{Sig.of(d.node, bound=False).text()} is not "
                           f"({', '.join(_FACTORY_PARAMS)})")
+        # the patch replaces the module's global: it works where the module calls it by that name
+        if not any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name
+                   for n in ast.walk(tree.parse(hook.module))):
+            errors.append(f"{hook.module} never calls {name} by its global name")
     if hook.pruner is not None:
         pruner = tree.resolve(hook.pruner, "MultiModalPruner") if tree.is_module(
             hook.pruner) else None

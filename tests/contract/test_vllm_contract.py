@@ -96,7 +96,8 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_a_broken_release_fails_the_check(tmp_path, installed_tree):
     """A copy of the installed sources with what a release could change: an overridden method
-    renamed, a parameter added to another, an imported function removed, a hook target gone.
+    renamed, a parameter added to another, an imported function removed, a hooked runner module
+    gone, a hooked function no longer called.
     Each is reported against the copy; the original still passes."""
     broken = _copy_tree(installed_tree, tmp_path / "vllm")
     models = broken / "model_executor" / "models"
@@ -106,6 +107,9 @@ def test_a_broken_release_fails_the_check(tmp_path, installed_tree):
           "        num_computed_tokens: int,\n        chunk: int,\n    ) -> tuple[")
     _edit(broken / "utils" / "torch_utils.py", "def async_tensor_h2d(", "def async_tensor_to(")
     (broken / "v1" / "worker" / "cpu_model_runner.py").unlink()
+    # the V2 model state builds its pruner some other way: the patched global is never called
+    _edit(broken / "v1" / "worker" / "gpu" / "model_states" / "default.py",
+          "self.mm_pruner = maybe_create_mm_pruner(", "self.mm_pruner = (lambda *a: None)(")
     hooks = PRUNING_HOOKS[tree_version(installed_tree)]
     problems = check({"installed": (installed_tree, hooks), "broken": (broken, hooks)})
     assert all(p.startswith("broken: ") for p in problems), problems
@@ -118,7 +122,9 @@ def test_a_broken_release_fails_the_check(tmp_path, installed_tree):
     assert "vllm.utils.torch_utils:async_tensor_h2d not found (import" in text
     assert "hook vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model: module not found" \
         in text
-    assert len(problems) == 5, text  # the import and its call site both report the removal
+    assert ("hook vllm.v1.worker.gpu.model_states.default:maybe_create_mm_pruner: "
+            "vllm.v1.worker.gpu.model_states.default never calls maybe_create_mm_pruner") in text
+    assert len(problems) == 6, text  # the import and its call site both report the removal
 
 
 def test_each_release_has_make_arg_parser_where_compat_looks(release_trees, installed_tree):
@@ -145,6 +151,18 @@ def test_each_release_has_the_runners_its_hooks_patch(release_trees, installed_t
         assert not trees[version].is_module(cpu_v2)
     assert not any(trees["0.34.0"].is_module(m) for m in v1)
     assert trees["0.34.0"].is_module(cpu_v2)
+    # 0.34's two CPU runners: x86's CPUModelRunner is the V2 GPUModelRunner, whose model state
+    # comes from gpu/model_states (hook _V2_GPU); the standalone one builds its own (_V2_CPU)
+    t34 = trees["0.34.0"]
+    cpu = t34.resolve("vllm.v1.worker.cpu.model_runner", "CPUModelRunner")
+    assert [(b.module, b.node.name) for b in t34.bases(cpu)] == [
+        ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner")]
+    for runner, states in (("gpu.model_runner", "gpu.model_states"),
+                           ("cpu.standalone_model_runner", "cpu.model_states")):
+        init = t34.resolve(f"vllm.v1.worker.{runner}", "init_model_state")
+        assert init.kind == "function" and init.module == f"vllm.v1.worker.{states}"
+        default = t34.resolve(f"vllm.v1.worker.{states}.default", "DefaultModelState")
+        assert default is not None and default.kind == "class"
 
 
 def test_the_support_matrix_covers_every_supported_release():
