@@ -24,7 +24,7 @@ from earlytom_vllm.families.base import (
 )
 
 #: Registered families, in order of preference where a checkpoint names none of them.
-FAMILY_MODULES = ("llava_onevision", "qwen2_5_vl")
+FAMILY_MODULES = ("llava_onevision", "qwen2_5_vl", "qwen3_vl")
 #: The family served when a checkpoint's config cannot be read (the embedded default).
 DEFAULT_FAMILY = "llava_onevision"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError, check_prune_layers
@@ -58,6 +58,16 @@ class BenchmarkSpec:
     kv_cache_gib: int  # VLLM_CPU_KVCACHE_SPACE of the throughput benchmark's engines
     #: Extra prune-layer settings the TTFT benchmark also measures (the paper's other settings).
     extra_prune_layers: tuple[tuple[int, ...], ...] = ()
+    #: TTFT targets: EarlyTom's TTFT at least this many times lower than each baseline's, at
+    #: each of ``ttft_target_ratios``; the full-token vision share the benchmark checkpoint is
+    #: sized for.
+    ttft_targets: Mapping[str, float] = field(default_factory=dict)
+    ttft_target_ratios: tuple[float, ...] = ()
+    vision_share_band: tuple[float, float] = (0.0, 1.0)
+    #: Published figures the TTFT benchmark stores beside its own (ms and shares).
+    paper_ttft: Mapping[str, Any] = field(default_factory=dict)
+    #: The throughput benchmark's ``--quick`` settings where the defaults do not fit the family.
+    throughput_quick: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,11 @@ class Family:
                            full_attention_blocks=self.full_attention_blocks(model_config))
         return config
 
+    def defaults_for(self, model_config: Any) -> EarlyTomConfig:
+        """The serving defaults for one checkpoint (``defaults``; a family whose encoder depth
+        varies between checkpoints places its prune layers by depth here)."""
+        return self.defaults
+
     def server_defaults(self, model_config: Any, overrides: Any = None) -> EarlyTomConfig:
         """The family's defaults with the server-wide ``overrides`` (``--hf-overrides``'
         ``earlytom`` object; read from ``model_config`` when not given), checked against the
@@ -148,7 +163,7 @@ class Family:
         if overrides is None:
             overrides = config_value(model_config, "earlytom", default=None)
         try:
-            return self.check(self.defaults.merged(overrides), model_config)
+            return self.check(self.defaults_for(model_config).merged(overrides), model_config)
         except EarlyTomConfigError as exc:
             raise exc.under("hf_overrides.earlytom") from None
 
