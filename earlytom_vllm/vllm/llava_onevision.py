@@ -30,7 +30,7 @@ from earlytom_vllm.core import attention_with_received
 from earlytom_vllm.core.attention import pool_received
 from earlytom_vllm.families.llava_onevision import FAMILY
 from earlytom_vllm.plan import VideoPlan
-from earlytom_vllm.vllm.compat import all_reduce_tp
+from earlytom_vllm.vllm.compat import all_reduce_tp, siglip_embed
 from earlytom_vllm.vllm.observe import record_trace
 from earlytom_vllm.vllm.processing import (
     EarlyTomEmbeddings,
@@ -91,7 +91,7 @@ class VllmSiglipTower:
         self.tokens_per_frame = self.pooled * self.pooled
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vision.embeddings(pixels)  # [F, 3, 384, 384] -> [F, 729, C]
+        return siglip_embed(self.vision, pixels)  # [F, 3, 384, 384] -> [F, 729, C]
 
     def layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.layers[i](hidden)[0]
