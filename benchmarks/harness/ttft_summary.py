@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks.harness import families
-from benchmarks.harness.arms import ALL_ARMS, VLLM_ARMS, cell_label
+from benchmarks.harness.arms import ALL_ARMS, VLLM_ARMS, VLLM_METHOD, cell_label
 from earlytom_vllm.families import Family
 
 #: The four parts of a TTFT (seconds; they add up to it).
@@ -41,9 +41,10 @@ def frames_summary(samples: Sequence[dict[str, Any]], prune_layers: Sequence[int
 
 
 def cell_rows(fam: Family, cell: dict[str, Any], frames: int, per_frame: int) -> int:
-    """Visual tokens of a cell's video: the library's count, or vLLM's EVS count at its rate."""
+    """Visual tokens of a cell's video: the library's count, or vLLM's own count at its rate."""
     if cell["method"] in VLLM_ARMS:
-        return families.vllm_pruning_rows(fam, frames, per_frame, cell["ratio"])
+        return families.vllm_pruning_rows(fam, frames, per_frame, cell["ratio"],
+                                          VLLM_METHOD[cell["method"]])
     return families.expected_rows(fam, cell["method"], cell["ratio"], frames, per_frame)
 
 

@@ -18,6 +18,8 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.harness import families  # noqa: E402
+from earlytom_vllm import checkpoints  # noqa: E402
+from earlytom_vllm import families as registry  # noqa: E402
 from earlytom_vllm.core.budget import video_token_budget  # noqa: E402
 
 pytestmark = pytest.mark.engine
@@ -116,53 +118,68 @@ def test_frames_and_speedups(report):
 
 
 # --------------------------------------------------------------------------------------------------
-# Qwen2.5-VL: full tokens and EarlyTom on the plugin engine, vLLM's own EVS on an engine of its own
-# (stock architecture, --video-pruning-rate at the rate whose count is EarlyTom's). r = 0.5 keeps
-# EVS above its floor of one slice (256 tokens at 448 px), so both keep exactly 4 x 128 tokens.
+# The families vLLM prunes itself (Qwen2.5-VL: EVS; Qwen3-VL: EVS and VidCom2): full tokens and
+# EarlyTom on the plugin engine, each of vLLM's own methods on an engine of its own (stock
+# architecture, --video-pruning-method/-rate at the rate whose count is EarlyTom's). r = 0.5
+# keeps EVS above its floor of one slice, so every arm keeps exactly 4 x ceil(tokens / 2).
 
 QWEN_RATIO = 0.5
 QWEN_SLICES = FRAMES // 2
+QWEN_FAMILIES = [f.name for f in registry.all_families() if f.vllm_pruning]
 
 
-@pytest.fixture(scope="module")
-def qwen_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ttft_qwen")
-    js = out / "ttft_qwen.json"
+@pytest.fixture(scope="module", params=QWEN_FAMILIES)
+def qwen_report(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"ttft_{request.param}")
+    js = out / "ttft.json"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ttft", "--family", "qwen2_5_vl", "--quick",
+        [sys.executable, "-m", "benchmarks.ttft", "--family", request.param, "--quick",
          "--videos", "scene", "--ratios", str(QWEN_RATIO), "--json", str(js), "--plot", "",
          "--no-progress"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(js.read_text())
+    return registry.get(request.param), json.loads(js.read_text())
 
 
 def test_qwen_cells_engines_and_exact_counts(qwen_report):
-    cfg = qwen_report["config"]
-    fam = families.get("qwen2_5_vl")
-    assert cfg["family"] == "qwen2_5_vl" and cfg["architecture"] == fam.architecture
-    assert cfg["stage1_frames"] == QWEN_SLICES and cfg["tokens_per_frame"] == 256  # (448/28)^2
-    assert cfg["earlytom_default"]["prune_layers"] == [7, 15, 23]  # the family's default
+    fam, report = qwen_report
+    cfg = report["config"]
+    size = fam.benchmark.video_size
     per_frame = cfg["tokens_per_frame"]
-    evs = cfg["engines"][f"vllm_evs@{QWEN_RATIO:.2f}"]
-    assert evs["video_pruning_rate"] == families.vllm_pruning_rate(fam, FRAMES, per_frame,
-                                                                   QWEN_RATIO)
+    depth = checkpoints.sizes(fam)["vision_layers"]  # the tiny checkpoint's encoder
+    assert cfg["family"] == fam.name and cfg["architecture"] == fam.architecture
+    assert cfg["stage1_frames"] == QWEN_SLICES
+    assert per_frame == (size // 28 if fam.name == "qwen2_5_vl" else size // 32) ** 2
+    assert tuple(cfg["earlytom_default"]["prune_layers"]) == fam.defaults.prune_layers
+    arms = [f"vllm_{m}@{QWEN_RATIO:.2f}" for m in fam.vllm_pruning]
+    for method, arm in zip(fam.vllm_pruning, arms, strict=True):
+        engine = cfg["engines"][arm]
+        assert engine["video_pruning_method"] == method
+        assert engine["video_pruning_rate"] == families.vllm_pruning_rate(
+            fam, FRAMES, per_frame, QWEN_RATIO, method)
     assert cfg["engines"]["plugin"]["video_pruning_rate"] is None
-    cells = qwen_report["videos"]["scene"]["cells"]
-    assert set(cells) == {"none", f"vllm_evs@{QWEN_RATIO:.2f}", f"earlytom@{QWEN_RATIO:.2f}"}
-    text = cfg["text_tokens"]
+    cells = report["videos"]["scene"]["cells"]
+    assert set(cells) == {"none", *arms, f"earlytom@{QWEN_RATIO:.2f}"}
+    # Qwen3-VL writes a timestamp and two markers per slice around the rows; vLLM's own pruning
+    # lays them into the video's placeholder (its rows), EarlyTom keeps them as text
+    video_text = cfg["video_text_tokens"]["scene"]
+    assert (video_text == 0) == (fam.name == "qwen2_5_vl"), video_text
+    text = cfg["text_tokens"] + video_text
     budget = video_token_budget(QWEN_SLICES, QWEN_RATIO, per_frame)  # no extra rows
-    want = {"none": text + QWEN_SLICES * per_frame, "vllm_evs": text + budget,
-            "earlytom": text + budget}
     for label, c in cells.items():
-        assert c["prompt_tokens"] == want[c["method"]] and c["prompt_tokens_ok"], label
+        kept = QWEN_SLICES * per_frame if c["method"] == "none" else budget
+        assert c["prompt_tokens"] == text + kept and c["prompt_tokens_ok"], label
         for s in c["samples"]:
-            assert s["rows"] == want[c["method"]] - text, label
+            assert s["rows"] == kept + (video_text if c["method"].startswith("vllm_") else 0), (
+                label, s["rows"])
             assert s["ttft"] > 0 and s["vision"] > 0 and s["prefill"] > 0, label
             assert sum(s[p] for p in PARTS) <= s["ttft"] + TOL, label
-            assert len(s["frames_per_layer"]) == 32, label
-    assert cells[f"vllm_evs@{QWEN_RATIO:.2f}"]["samples"][0]["tokens"] > 0  # EVS selection
-    sp = qwen_report["videos"]["scene"]["speedups"][f"earlytom@{QWEN_RATIO:.2f}"]
-    assert sp["vs_none"]["from_medians"] > 0 and sp["vs_vllm_evs"]["from_medians"] > 0
+            assert len(s["frames_per_layer"]) == depth, label
+    for arm in arms:
+        assert cells[arm]["samples"][0]["tokens"] > 0, arm  # vLLM's selection was timed
+    sp = report["videos"]["scene"]["speedups"][f"earlytom@{QWEN_RATIO:.2f}"]
+    assert sp["vs_none"]["from_medians"] > 0
+    for arm in arms:
+        assert sp[f"vs_{arm.split('@')[0]}"]["from_medians"] > 0
