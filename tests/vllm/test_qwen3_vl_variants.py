@@ -1,7 +1,8 @@
 """The other architectures on Qwen3-VL's encoder, end to end on the vLLM 0.32 CPU engine: Qwen3-VL-MoE
 (fused MoE), Qwen3.5 and Qwen3.5-MoE (hybrid linear-attention LLM, bfloat16 as the CPU kernel
 requires). Each tiny checkpoint (recipes in earlytom_vllm/checkpoints/qwen3_vl.py) is served by
-its EarlyTom architecture in its own engine process; the three run in parallel."""
+its EarlyTom architecture in its own engine process; the three run in parallel. Also Qwen3-VL
+with tensor parallelism (2 ranks on the CPU engine) against one rank."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from earlytom_vllm.families import architecture_for_config
-from tests.vllm.test_qwen3_vl import VIDEO, A, count, expansion, ids_of, prompt, stock_positions
+from tests.vllm.test_qwen3_vl import (
+    STATIC,
+    VIDEO,
+    A,
+    count,
+    expansion,
+    ids_of,
+    overrides,
+    prompt,
+    stock_positions,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -69,3 +80,32 @@ def test_the_architecture_serves_a_compressed_video(variants, base):
     assert len(ids) == compressed["prompt_len"]
     (positions,) = compressed["positions"]
     assert positions == stock_positions(tok, ids, [(4, 4, 4, trace["positions"])])
+
+
+@pytest.fixture(scope="module")
+def tensor_parallel(run_engine):
+    """The same request (a static video: Stage I merges) on 2 ranks and on 1."""
+    from earlytom_vllm.checkpoints import ensure
+
+    path = ensure("qwen3_vl")
+    reqs = [{"prompt": prompt(VIDEO), "videos": [STATIC],
+             "mm_processor_kwargs": {"earlytom": {"retain_ratio": 0.25}}}]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return tuple(pool.map(lambda tp: run_engine(reqs, model=path, hf_overrides=overrides(),
+                                                    tensor_parallel_size=tp, trace=True,
+                                                    max_model_len=4096)[0], (2, 1)))
+
+
+def test_tensor_parallel_ranks_keep_the_same_tokens_as_one_rank(tensor_parallel):
+    tp2, tp1 = tensor_parallel
+    assert tp2["prompt_len"] == tp1["prompt_len"]
+    rank0, rank1 = tp2["traces"]
+    (one,) = tp1["traces"]
+    assert rank0["index"] == rank1["index"] == one["index"]
+    assert rank0["frames_per_layer"] == one["frames_per_layer"]
+    assert one["frames_per_layer"][-1] < 8  # slices merged
+    assert tp2["positions"][0] == tp2["positions"][1] == tp1["positions"][0]
+    assert max(tp2["logprobs"], key=tp2["logprobs"].get) == max(tp1["logprobs"],
+                                                                key=tp1["logprobs"].get)
+    for k in tp2["logprobs"].keys() & tp1["logprobs"].keys():
+        assert tp2["logprobs"][k] == pytest.approx(tp1["logprobs"][k], abs=1e-4)
