@@ -20,7 +20,9 @@ from earlytom_vllm.families.base import (
     Family,
     config_value,
     evs_kept,
-    evs_rate_for_count,
+    rate_for_count,
+    vidcom2_kept,
+    vllm_kept,
 )
 
 #: Registered families, in order of preference where a checkpoint names none of them.
@@ -29,8 +31,8 @@ FAMILY_MODULES = ("llava_onevision", "qwen2_5_vl", "qwen3_vl")
 DEFAULT_FAMILY = "llava_onevision"
 
 __all__ = ["BenchmarkSpec", "CheckpointRecipe", "Family", "all_families", "architectures",
-           "by_architecture", "config_value", "evs_kept", "evs_rate_for_count",
-           "family_for_config", "get"]
+           "by_architecture", "config_value", "evs_kept", "family_for_config", "get",
+           "rate_for_count", "vidcom2_kept", "vllm_kept"]
 
 
 @cache

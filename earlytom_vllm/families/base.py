@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError, check_prune_layers
@@ -58,6 +58,16 @@ class BenchmarkSpec:
     kv_cache_gib: int  # VLLM_CPU_KVCACHE_SPACE of the throughput benchmark's engines
     #: Extra prune-layer settings the TTFT benchmark also measures (the paper's other settings).
     extra_prune_layers: tuple[tuple[int, ...], ...] = ()
+    #: TTFT targets: EarlyTom's TTFT at least this many times lower than each baseline's, at
+    #: each of ``ttft_target_ratios`` (one figure for every video, or one per video kind); the
+    #: full-token vision share the benchmark checkpoint is sized for.
+    ttft_targets: Mapping[str, float | Mapping[str, float]] = field(default_factory=dict)
+    ttft_target_ratios: tuple[float, ...] = ()
+    vision_share_band: tuple[float, float] = (0.0, 1.0)
+    #: Published figures the TTFT benchmark stores beside its own (ms and shares).
+    paper_ttft: Mapping[str, Any] = field(default_factory=dict)
+    #: The throughput benchmark's ``--quick`` settings where the defaults do not fit the family.
+    throughput_quick: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,10 @@ class Family:
     defaults: EarlyTomConfig  # serving defaults (prune layers above all)
     benchmark: BenchmarkSpec
     checkpoint: CheckpointRecipe
-    #: vLLM has its own (post-encoder) pruning for this family: ``--video-pruning-rate`` (EVS).
-    vllm_pruning: bool = False
+    #: vLLM's own (post-encoder, server-wide) video pruning methods for this family's vLLM
+    #: classes (``--video-pruning-method`` with ``--video-pruning-rate``): what the classes'
+    #: ``supported_video_pruning_methods`` say (pinned by tests/vllm/test_families.py).
+    vllm_pruning: tuple[str, ...] = ()
 
     # -- what a subclass states ---------------------------------------------------------------
     def encoder_depth(self, config: Any) -> int:
@@ -161,13 +173,14 @@ class Family:
         """Placeholder tokens (= embedding rows) of one video of ``units`` encoder frames."""
         return video_rows(units, config, tokens_per_frame, self.extra_rows)
 
-    def vllm_pruning_rate(self, units: int, tokens_per_frame: int, count: int) -> float:
-        """vLLM's ``--video-pruning-rate`` whose EVS keeps ``count`` of ``units`` frames' tokens
-        (the same-count peer of EarlyTom). See :func:`evs_kept` for vLLM's count."""
-        if not self.vllm_pruning:
-            raise ValueError(f"vLLM has no video pruning for {self.title}")
-        return evs_rate_for_count(units * tokens_per_frame, tokens_per_frame,
-                                  count - self.extra_rows)
+    def vllm_pruning_rate(self, units: int, tokens_per_frame: int, count: int,
+                          method: str = "evs") -> float:
+        """vLLM's ``--video-pruning-rate`` whose ``method`` keeps ``count`` rows of a video of
+        ``units`` frames (the same-count peer of EarlyTom). See :func:`vllm_kept`."""
+        if method not in self.vllm_pruning:
+            raise ValueError(f"vLLM has no {method} video pruning for {self.title} "
+                             f"(it has: {', '.join(self.vllm_pruning) or 'none'})")
+        return rate_for_count(method, units, tokens_per_frame, count - self.extra_rows)
 
 
 def evs_kept(total: int, tokens_per_frame: int, rate: float) -> int:
@@ -177,15 +190,36 @@ def evs_kept(total: int, tokens_per_frame: int, rate: float) -> int:
     return max(tokens_per_frame, int(total * (1 - rate)))
 
 
-def evs_rate_for_count(total: int, tokens_per_frame: int, count: int) -> float:
-    """The rate (6 decimals, as it is printed on a command line) whose EVS count is closest to
-    ``count`` (ties: the count at or above it)."""
+def vidcom2_kept(total: int, frames: int, rate: float) -> int:
+    """Tokens vLLM's VidCom2 keeps: mirrors vLLM 0.32 ``multimodal/video_prune/vidcom2.py:
+    compute_retained_tokens_count`` (pinned by ``tests/vllm/test_families.py``):
+    ``max(frames, min(int(total * (1 - rate)), total))``."""
+    return max(frames, min(int(total * (1 - rate)), total))
+
+
+def vllm_kept(method: str, units: int, tokens_per_frame: int, rate: float) -> int:
+    """Tokens vLLM's pruning ``method`` (``evs``, ``vidcom2``) keeps of a ``units``-frame video."""
+    total = units * tokens_per_frame
+    if method == "evs":
+        return evs_kept(total, tokens_per_frame, rate)
+    if method == "vidcom2":
+        return vidcom2_kept(total, units, rate)
+    raise ValueError(f"unknown vLLM video pruning method {method!r}")
+
+
+def rate_for_count(method: str, units: int, tokens_per_frame: int, count: int) -> float:
+    """The rate (6 decimals, as it is printed on a command line) whose ``method`` count is
+    closest to ``count`` (ties: the count at or above it)."""
+    total = units * tokens_per_frame
     if count >= total:
         return 0.0
     q = round(1 - count / total, 6)
     candidates = (round(q + k * 1e-6, 6) for k in range(-3, 4) if 0 <= q + k * 1e-6 < 1)
-    return min(candidates, key=lambda x: (abs(evs_kept(total, tokens_per_frame, x) - count),
-                                          evs_kept(total, tokens_per_frame, x) < count))
+
+    def kept(x: float) -> int:
+        return vllm_kept(method, units, tokens_per_frame, x)
+
+    return min(candidates, key=lambda x: (abs(kept(x) - count), kept(x) < count))
 
 
 def layer_index(index: int, num_layers: int) -> int:

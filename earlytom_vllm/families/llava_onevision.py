@@ -61,7 +61,13 @@ FAMILY = LlavaOnevisionFamily(
                 "<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<video>", video_size=384, video_fps=4,
         ttft_ratios=(0.25, 0.10), throughput_ratios=(0.10,), kv_cache_gib=2,
-        extra_prune_layers=((4, 14, 24), (6, 14, 20))),
+        extra_prune_layers=((4, 14, 24), (6, 14, 20)),
+        # docs/method.md section 6 (the paper's 10% row, LLaVA-OV-7B on an A100): 889.9 / 336.2
+        ttft_targets={"none": 2.65, "post_encoder": 1.3, "evs": 1.3}, ttft_target_ratios=(0.10,),
+        vision_share_band=(0.30, 0.45),
+        paper_ttft={"ttft_ms": {"none": 889.9, "earlytom@0.25": 426.3, "earlytom@0.10": 336.2},
+                    "breakdown_ms_at_0.10": {"none": [323, 63, 500], "earlytom": [239, 35, 58]},
+                    "vision_share_none": round(323 / 889.9, 3)}),
     checkpoint=CheckpointRecipe(
         name="tiny-llava-onevision",
         recipe="earlytom_vllm.checkpoints.llava_onevision:RECIPE",

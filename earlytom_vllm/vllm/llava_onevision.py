@@ -26,17 +26,19 @@ from vllm.model_executor.models.llava_onevision import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from earlytom_vllm.config import EarlyTomConfig
-from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
+from earlytom_vllm.core import attention_with_received
 from earlytom_vllm.core.attention import pool_received
 from earlytom_vllm.families.llava_onevision import FAMILY
 from earlytom_vllm.plan import VideoPlan
-from earlytom_vllm.vllm.compat import all_reduce_tp
-from earlytom_vllm.vllm.observe import record_trace, trace_clock
+from earlytom_vllm.vllm.compat import all_reduce_tp, siglip_embed
+from earlytom_vllm.vllm.observe import record_trace
 from earlytom_vllm.vllm.processing import (
     EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
+    check_rows,
     decode_plans,
+    encode_video,
     replace_video_placeholders,
     server_defaults,
 )
@@ -89,7 +91,7 @@ class VllmSiglipTower:
         self.tokens_per_frame = self.pooled * self.pooled
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vision.embeddings(pixels)  # [F, 3, 384, 384] -> [F, 729, C]
+        return siglip_embed(self.vision, pixels)  # [F, 3, 384, 384] -> [F, 729, C]
 
     def layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.layers[i](hidden)[0]
@@ -167,30 +169,17 @@ class EarlyTomLlavaOnevisionForConditionalGeneration(EarlyTomEmbeddings,
         """``[F, 3, H, W]`` -> ``[rows, D]`` (2-D, newline last)."""
         if pixels.shape[0] != plan.num_frames:
             raise AssertionError(f"plan for {plan.num_frames} frames, video has {pixels.shape[0]}")
-        clock = trace_clock(pixels) if plan.config.trace else None
-        t0 = clock() if clock else 0.0
-        result: VideoCompression | None = None
-        if not plan.config.compresses:
-            # The stock video path, op for op.
-            hidden = self.vision_tower(
-                pixels, feature_select_strategy=self.config.vision_feature_select_strategy)
-            t1 = clock() if clock else 0.0
-            feats = self.apply_pooling(self.multi_modal_projector(hidden))  # [F, 196, D]
-            feats = feats.reshape(-1, feats.shape[-1])  # [F, 196, D] -> [F*196, D]
-            seconds = (t1 - t0, (clock() - t1) if clock else 0.0)
-        else:
-            tower = VllmSiglipTower(self)
-            result = compress_video(tower.embed(pixels), tower, plan.config, clock=clock)
-            feats = result.tokens  # [budget, D]
-            total = (clock() - t0) if clock else 0.0
-            # Encoder = patch embedding + layers (+ Stage I); the rest is token processing.
-            seconds = (total - result.tokens_seconds, result.tokens_seconds)
+        feats, result, seconds = encode_video(
+            plan, pixels,
+            # the stock video path, op for op: tower, then projector and pooling
+            stock=lambda: self.vision_tower(
+                pixels, feature_select_strategy=self.config.vision_feature_select_strategy),
+            stock_tokens=lambda h: self.apply_pooling(self.multi_modal_projector(h)),
+            tower=lambda: VllmSiglipTower(self),
+            hidden=lambda tower: tower.embed(pixels))
+        feats = feats.reshape(-1, feats.shape[-1])  # [F, 196, D] (stock) -> [F*196, D]
         newline = self.image_newline[None, :].to(feats.dtype)  # [D] -> [1, D]
-        out = torch.cat((feats, newline), dim=0)  # [budget+1, D]
-        if out.shape[0] != plan.rows:
-            raise AssertionError(
-                f"video embedding has {out.shape[0]} rows, its placeholder count is {plan.rows}"
-            )
+        out = check_rows(torch.cat((feats, newline), dim=0), plan)  # [budget+1, D]
         if plan.config.trace:
             record_trace(self, plan, result, seconds)
         return out

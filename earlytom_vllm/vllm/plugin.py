@@ -14,12 +14,15 @@ def register() -> None:
     from vllm import ModelRegistry
 
     from earlytom_vllm.families import architectures
-    from earlytom_vllm.vllm.compat import install_pruning_hooks
+    from earlytom_vllm.vllm.compat import install_pruning_hooks, require_supported_vllm
 
+    # A vLLM outside the supported range stops here, naming the range (vLLM calls general
+    # plugins unguarded at start-up), instead of failing at the first video.
+    minor = require_supported_vllm()
     supported = ModelRegistry.get_supported_archs()
     for name, target in architectures().items():
         if name not in supported:
             ModelRegistry.register_model(name, target)
-    # vLLM's multimodal-pruning plumbing: its CPU-runner bug, and the opt-in the Qwen
-    # architectures need (patched as the runner modules load; nothing heavy is imported here).
-    install_pruning_hooks()
+    # vLLM's multimodal-pruning plumbing, per release: the opt-in the Qwen architectures need
+    # and the V1 CPU-runner bug (patched as the runner modules load; nothing heavy here).
+    install_pruning_hooks(minor)

@@ -17,9 +17,9 @@ tokens before and after compression there, computed from the plans the model wil
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from vllm.exceptions import VLLMValidationError
@@ -27,9 +27,11 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
 from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError, request_config
+from earlytom_vllm.core import VideoCompression, VisionTower, compress_video
 from earlytom_vllm.families import Family
 from earlytom_vllm.metrics import VisualTokenCounters
 from earlytom_vllm.plan import VideoPlan
+from earlytom_vllm.vllm.observe import trace_clock
 
 KWARG = "earlytom"  # key in mm_processor_kwargs
 PLAN_FIELD = "earlytom_plan"  # per-video int64 row carried to the model
@@ -176,7 +178,54 @@ def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Model side: embeddings in the request's order
+# Model side: one video's features, and embeddings in the request's order
+
+
+class VideoFeatures(NamedTuple):
+    """One video through the encoder: its features (``[budget, D]``), the core's record of the
+    compression (None on the stock path) and the seconds of (encoder, token processing), which
+    are measured only when ``trace`` is on."""
+
+    features: torch.Tensor
+    result: VideoCompression | None
+    seconds: tuple[float, float]
+
+
+def encode_video(plan: VideoPlan, like: torch.Tensor, *, stock: Callable[[], torch.Tensor],
+                 tower: Callable[[], VisionTower],
+                 hidden: Callable[[VisionTower], torch.Tensor],
+                 stock_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> VideoFeatures:
+    """The video path every family shares: the stock encoder (``stock``, then ``stock_tokens``
+    where the family projects and pools after it) when nothing is compressed, else the core's
+    :func:`compress_video` over the family's tower from its first hidden states. The tower must
+    count the plan's tokens per frame. Timing syncs the device, so only a traced plan is timed.
+    """
+    clock = trace_clock(like) if plan.config.trace else None
+    t0 = clock() if clock else 0.0
+    if not plan.config.compresses:
+        feats = stock()
+        t1 = clock() if clock else 0.0
+        if stock_tokens is not None:
+            feats = stock_tokens(feats)
+        return VideoFeatures(feats, None, (t1 - t0, (clock() - t1) if clock else 0.0))
+    tw = tower()
+    if tw.tokens_per_frame != plan.tokens_per_frame:
+        raise AssertionError(f"plan for {plan.tokens_per_frame} tokens per frame, the encoder "
+                             f"gives {tw.tokens_per_frame}")
+    result = compress_video(hidden(tw), tw, plan.config, clock=clock)
+    total = (clock() - t0) if clock else 0.0
+    return VideoFeatures(result.tokens, result, (total - result.tokens_seconds,
+                                                 result.tokens_seconds))
+
+
+def check_rows(rows: torch.Tensor, plan: VideoPlan) -> torch.Tensor:
+    """``rows`` when there is exactly one per placeholder token of the video (too many would be
+    truncated by vLLM without a word, too few refused): the count is the plan's."""
+    if rows.shape[0] != plan.rows:
+        raise AssertionError(
+            f"video embedding has {rows.shape[0]} rows, its placeholder count is {plan.rows}")
+    return rows
 
 
 class EarlyTomEmbeddings:

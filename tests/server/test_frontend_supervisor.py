@@ -97,7 +97,7 @@ def test_vllm_accepts_the_command_line(tmp_path):
     vLLM)."""
     code = (
         "import json, sys\n"
-        "from vllm.entrypoints.launchers.cli_args import make_arg_parser\n"
+        "from earlytom_vllm.vllm.compat import make_arg_parser\n"
         "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
         "args = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[1:])\n"
         "print(json.dumps({'hf': args.hf_overrides, 'media': args.media_io_kwargs,\n"

@@ -11,7 +11,13 @@ import pytest
 from earlytom_vllm import checkpoints as ck
 from earlytom_vllm import families
 from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError
-from earlytom_vllm.families.base import evs_kept, evs_rate_for_count, layer_index
+from earlytom_vllm.families.base import (
+    evs_kept,
+    layer_index,
+    rate_for_count,
+    vidcom2_kept,
+    vllm_kept,
+)
 
 FAMILIES = families.all_families()
 
@@ -104,9 +110,42 @@ def test_evs_rate_for_a_count_gives_that_count():
         # EVS never keeps less than one frame's tokens (its floor); above it, the same count
         assert evs_kept(units * per_frame, per_frame, q) == max(count, per_frame), (
             units, per_frame, ratio)
-    assert evs_rate_for_count(100, 10, 100) == 0.0
-    with pytest.raises(ValueError, match="no video pruning for LLaVA-OneVision"):
+    assert rate_for_count("evs", 10, 10, 100) == 0.0
+    with pytest.raises(ValueError, match="no evs video pruning for LLaVA-OneVision"):
         families.get("llava_onevision").vllm_pruning_rate(4, 196, 100)
+    with pytest.raises(ValueError, match=r"no vidcom2 video pruning for Qwen2\.5-VL"):
+        qwen.vllm_pruning_rate(4, 196, 100, "vidcom2")
+
+
+def test_vidcom2_count_mirrors_vllm_and_its_rate_gives_the_count():
+    from vllm.multimodal.video_prune.vidcom2 import compute_retained_tokens_count
+
+    for per_frame, frames, q in itertools.product((49, 196, 256), (1, 4, 16, 32),
+                                                  (0.0, 0.1, 0.5, 0.85, 0.9, 0.999)):
+        assert vidcom2_kept(per_frame * frames, frames, q) == (
+            compute_retained_tokens_count(per_frame, frames, q))
+    qwen3 = families.get("qwen3_vl")
+    for units, per_frame, ratio in itertools.product((4, 16), (49, 196), (0.1, 0.15, 0.25)):
+        count = qwen3.rows(units, EarlyTomConfig(retain_ratio=ratio), per_frame)
+        for method in qwen3.vllm_pruning:
+            q = qwen3.vllm_pruning_rate(units, per_frame, count, method)
+            floor = per_frame if method == "evs" else units
+            assert vllm_kept(method, units, per_frame, q) == max(count, floor), (method, count)
+
+
+def test_vllm_pruning_methods_are_the_vllm_classes_own():
+    """A family's vLLM pruning peers are what its vLLM classes support (none where a class does
+    not support multimodal pruning at all)."""
+    from vllm.model_executor.models.interfaces import supports_multimodal_pruning
+    from vllm.model_executor.models.registry import ModelRegistry
+
+    for family in FAMILIES:
+        for base in family.architectures.values():
+            model_cls = ModelRegistry._try_load_model_cls(base)
+            assert model_cls is not None, base
+            expected = (tuple(model_cls.supported_video_pruning_methods)
+                        if supports_multimodal_pruning(model_cls) else ())
+            assert family.vllm_pruning == expected, (family.name, base, expected)
 
 
 @pytest.fixture(scope="module")
