@@ -10,7 +10,8 @@ slice (``<t seconds><|vision_start|>...<|vision_end|>``) inside the template's o
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from earlytom_vllm.checkpoints.common import (
     IM_END,
@@ -56,18 +57,21 @@ def mrope_sections(head_dim: int) -> list[int]:
 
 
 class Qwen3VLRecipe(Qwen2_5_VLRecipe):
+    """Qwen3-VL (dense). The other architectures on this encoder change the language model
+    (:meth:`text_config`), drop deepstack (:meth:`vision_config`) or the transformers classes."""
+
+    config_class: ClassVar[str] = "Qwen3VLConfig"
+
     def validate(self, sizes: dict[str, Any]) -> None:
         super().validate(sizes)
         if sizes["vision_layers"] <= DEEPSTACK[-1]:
             raise ValueError(f"vision_layers must be > {DEEPSTACK[-1]} (deepstack taps after "
                              f"blocks {', '.join(map(str, DEEPSTACK))})")
 
-    def hf_config(self, tokenizer: Any, sizes: dict[str, Any]) -> Any:
-        from transformers import Qwen3VLConfig
-
+    def text_config(self, tokenizer: Any, sizes: dict[str, Any]) -> dict[str, Any]:
         ids = special_ids(tokenizer, SPECIAL_TOKENS)
         head = sizes["text_hidden"] // sizes["text_heads"]
-        text = {
+        return {
             "vocab_size": padded_vocab(tokenizer),
             "hidden_size": sizes["text_hidden"],
             "intermediate_size": sizes["text_intermediate"],
@@ -84,7 +88,9 @@ class Qwen3VLRecipe(Qwen2_5_VLRecipe):
             "eos_token_id": ids[IM_END],
             "pad_token_id": ids[PAD_TOKEN],
         }
-        vision = {
+
+    def vision_config(self, sizes: dict[str, Any]) -> dict[str, Any]:
+        return {
             "depth": sizes["vision_layers"],
             "hidden_size": sizes["vision_hidden"],
             "intermediate_size": sizes["vision_intermediate"],
@@ -97,16 +103,21 @@ class Qwen3VLRecipe(Qwen2_5_VLRecipe):
             "num_position_embeddings": POSITION_GRID * POSITION_GRID,
             "deepstack_visual_indexes": list(DEEPSTACK),
         }
-        config = Qwen3VLConfig(
-            text_config=text,
-            vision_config=vision,
+
+    def hf_config(self, tokenizer: Any, sizes: dict[str, Any]) -> Any:
+        import transformers
+
+        ids = special_ids(tokenizer, SPECIAL_TOKENS)
+        config = getattr(transformers, self.config_class)(
+            text_config=self.text_config(tokenizer, sizes),
+            vision_config=self.vision_config(sizes),
             image_token_id=ids[IMAGE_PAD],
             video_token_id=ids[VIDEO_PAD],
             vision_start_token_id=ids[VISION_START],
             vision_end_token_id=ids[VISION_END],
             tie_word_embeddings=True,
         )
-        config.architectures = ["Qwen3VLForConditionalGeneration"]
+        config.architectures = [self.model_class]
         return config
 
     def hf_processor(self, tokenizer: Any) -> Any:
@@ -126,6 +137,74 @@ class Qwen3VLRecipe(Qwen2_5_VLRecipe):
         )
 
 
-RECIPE = Qwen3VLRecipe(special_tokens=SPECIAL_TOKENS, chat_template=CHAT_TEMPLATE,
-                       defaults={**TINY_SIZES, "vision_layers": 27, "vision_intermediate": 128},
-                       model_class="Qwen3VLForConditionalGeneration")
+#: A tiny mixture of experts: 4 experts of width 64, 2 per token.
+EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64}
+
+
+class Qwen3VLMoeRecipe(Qwen3VLRecipe):
+    config_class: ClassVar[str] = "Qwen3VLMoeConfig"
+
+    def text_config(self, tokenizer: Any, sizes: dict[str, Any]) -> dict[str, Any]:
+        return {**super().text_config(tokenizer, sizes), **EXPERTS, "decoder_sparse_step": 1,
+                "norm_topk_prob": True}
+
+    def after_save(self, path: Path) -> None:
+        """transformers 5.19 writes the fused experts as ``[E, out, in]``; the hub's Qwen3-VL-MoE
+        checkpoints (what vLLM 0.32 loads, ``is_fused_checkpoint_transposed``) as ``[E, in, out]``."""
+        from safetensors.torch import load_file, save_file
+
+        file = path / "model.safetensors"
+        weights = load_file(file)
+        for key in weights:
+            if key.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                weights[key] = weights[key].transpose(1, 2).contiguous()  # [E, o, i] -> [E, i, o]
+        save_file(weights, file, metadata={"format": "pt"})
+
+
+class Qwen3_5Recipe(Qwen3VLRecipe):
+    """Qwen3.5: a hybrid LLM (gated delta-net linear attention in every other layer here) on the
+    same encoder without deepstack. vLLM 0.32's CPU kernel for it needs bfloat16 and linear-head
+    size 128 (float32: "CPU GDN attention requires BF16"; head 32: "Unexpected head dim size")."""
+
+    config_class: ClassVar[str] = "Qwen3_5Config"
+
+    def text_config(self, tokenizer: Any, sizes: dict[str, Any]) -> dict[str, Any]:
+        text = super().text_config(tokenizer, sizes)
+        rotary = text["head_dim"] // 4  # partial rotary factor 0.25, as Qwen3.5
+        text["rope_parameters"] = {**text["rope_parameters"], "partial_rotary_factor": 0.25,
+                                   "mrope_section": mrope_sections(rotary)}
+        return {**text, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+                "linear_value_head_dim": 128, "linear_num_key_heads": 1,
+                "linear_num_value_heads": 1, "full_attention_interval": 2}
+
+    def vision_config(self, sizes: dict[str, Any]) -> dict[str, Any]:
+        vision = super().vision_config(sizes)
+        del vision["deepstack_visual_indexes"]
+        return vision
+
+
+class Qwen3_5MoeRecipe(Qwen3_5Recipe):
+    config_class: ClassVar[str] = "Qwen3_5MoeConfig"
+
+    def text_config(self, tokenizer: Any, sizes: dict[str, Any]) -> dict[str, Any]:
+        text = {**super().text_config(tokenizer, sizes), **EXPERTS,
+                "shared_expert_intermediate_size": EXPERTS["moe_intermediate_size"]}
+        del text["intermediate_size"]
+        return text
+
+
+_TINY = {**TINY_SIZES, "vision_layers": 27, "vision_intermediate": 128}
+_COMMON = {"special_tokens": SPECIAL_TOKENS, "chat_template": CHAT_TEMPLATE}
+RECIPE = Qwen3VLRecipe(**_COMMON, defaults=_TINY, model_class="Qwen3VLForConditionalGeneration")
+#: The other architectures on this encoder (built by the tests of their adapter), by vLLM name.
+VARIANTS: dict[str, Qwen3VLRecipe] = {
+    "Qwen3VLMoeForConditionalGeneration": Qwen3VLMoeRecipe(
+        **_COMMON, defaults={**_TINY, "text_layers": 4},
+        model_class="Qwen3VLMoeForConditionalGeneration"),
+    "Qwen3_5ForConditionalGeneration": Qwen3_5Recipe(
+        **_COMMON, defaults={**_TINY, "text_layers": 4, "dtype": "bfloat16"},
+        model_class="Qwen3_5ForConditionalGeneration"),
+    "Qwen3_5MoeForConditionalGeneration": Qwen3_5MoeRecipe(
+        **_COMMON, defaults={**_TINY, "text_layers": 4, "dtype": "bfloat16"},
+        model_class="Qwen3_5MoeForConditionalGeneration"),
+}

@@ -74,24 +74,30 @@ def checkpoint():
 KWARGS_025 = {"earlytom": {"retain_ratio": 0.25}}
 
 
+def expansion(tok, per_slot: list[int]) -> list[int]:
+    """vLLM's Qwen3-VL expansion of video A with ``per_slot`` pads in each slot: slice i holds
+    frames 2i, 2i+1 at FPS, its timestamp their mean time."""
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor
+
+    cfg = ids_of(tok)
+    stamps = [(2 * i + 0.5) / FPS for i in range(len(per_slot))]
+    return list(Qwen3VLMultiModalProcessor.get_video_repl(
+        tokens_per_frame=per_slot, timestamps=stamps, tokenizer=tok,
+        vision_start_token_id=cfg.vision_start_token_id,
+        vision_end_token_id=cfg.vision_end_token_id, video_token_id=cfg.video_token_id).full)
+
+
 def aligned_prompt(checkpoint) -> str:
     """A one-video prompt whose video's first row sits at a multiple of CHUNK, so that a prefill
     chunk starts exactly there (a system prompt of the right length in front)."""
     from transformers import AutoTokenizer
-    from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor
 
     tok = AutoTokenizer.from_pretrained(str(checkpoint))
-    cfg = ids_of(tok)
-    # slice i holds frames 2i, 2i+1 at FPS: its timestamp is their mean time (vLLM's rule)
-    stamps = [(2 * i + 0.5) / FPS for i in range(GRID["A"][0])]
-    repl = Qwen3VLMultiModalProcessor.get_video_repl(
-        tokens_per_frame=[1] * len(stamps), timestamps=stamps, tokenizer=tok,
-        vision_start_token_id=cfg.vision_start_token_id,
-        vision_end_token_id=cfg.vision_end_token_id, video_token_id=cfg.video_token_id).full
-    into = list(repl).index(cfg.video_token_id)  # expansion tokens before the first row
+    repl = expansion(tok, [1] * GRID["A"][0])
+    into = repl.index(ids_of(tok).video_token_id)  # expansion tokens before the first row
 
     def first_row(text: str) -> int:
-        return tok.encode(text).index(cfg.video_token_id) + into
+        return tok.encode(text).index(ids_of(tok).video_token_id) + into
 
     fillers = ("note " * n + "!" * m for n in range(1, 32) for m in range(CHUNK))
     return next(prompt(VIDEO, system=s) for s in fillers
@@ -167,14 +173,14 @@ def runs(ids: list[int], token: int) -> list[tuple[int, int]]:
     return out
 
 
-def stock_positions(llm, ids: list[int], videos: list[tuple[int, int, int, list]],
+def stock_positions(tok, ids: list[int], videos: list[tuple[int, int, int, list]],
                     image_grid: tuple[int, int] | None = None) -> list[list[int]]:
     """The positions vLLM's own Qwen3-VL rule gives each token of ``ids`` in the UNPRUNED prompt.
 
     ``videos``: per video in prompt order ``(t, rows, columns, channels)`` with the trace's row
     channels ``(slice, row, column, slot, index)``. The unpruned prompt has ``rows * columns``
     pads in every slot; a kept row is the unpruned pad of (its slice, row, column)."""
-    cfg = ids_of(llm.get_tokenizer())
+    cfg = ids_of(tok)
     slots = runs(ids, cfg.video_token_id)
     full, where, stock_slots, features = [], [], [], []
     slot_iter = iter(slots)
@@ -291,7 +297,8 @@ def test_uncompressed_requests_give_the_stock_prompt_positions_and_logprobs(qllm
     for k, v in ours.items():
         assert v == pytest.approx(ref["logprobs"][k], abs=1e-5)
     full = [[o, r, c, o, r * 4 + c] for o in range(4) for r in range(4) for c in range(4)]
-    expected = stock_positions(qllm, list(out.prompt_token_ids), [(4, 4, 4, full)])
+    expected = stock_positions(qllm.get_tokenizer(), list(out.prompt_token_ids),
+                               [(4, 4, 4, full)])
     assert model_read(qllm, "last_positions") == expected  # what the LLM used
 
 
@@ -320,7 +327,7 @@ def test_kept_tokens_take_their_stock_positions_and_text_keeps_its_own(qllm, sys
     assert trace["frames_per_layer"][11] < 8  # blocks after the first prune layer (10)
     ids = list(out.prompt_token_ids)
     final = model_read(qllm, "last_positions")
-    assert final == stock_positions(qllm, ids, [(8, 4, 4, trace["positions"])])
+    assert final == stock_positions(qllm.get_tokenizer(), ids, [(8, 4, 4, trace["positions"])])
     # When the request was added (before encoding) every text position was already final.
     config = EarlyTomConfig(prune_layers=(10, 22, 24), retain_ratio=DEFAULT_RATIO)
     feature = _video_feature(qllm, ids, [8, 8, 8], config)
@@ -342,7 +349,7 @@ def test_two_videos_of_different_lengths_and_resolutions_in_one_prompt(qllm):
     assert (a["grid_thw"], a["rows"]) == ([4, 8, 8], rows_a)
     assert (b["grid_thw"], b["rows"]) == ([6, 10, 14], rows_b)
     assert model_read(qllm, "last_positions") == stock_positions(
-        qllm, ids, [(4, 4, 4, a["positions"]), (6, 5, 7, b["positions"])])
+        qllm.get_tokenizer(), ids, [(4, 4, 4, a["positions"]), (6, 5, 7, b["positions"])])
 
 
 def test_an_image_next_to_a_video_is_untouched(qllm, stock):
@@ -355,7 +362,7 @@ def test_an_image_next_to_a_video_is_untouched(qllm, stock):
     assert ids.count(ids_of(qllm.get_tokenizer()).image_token_id) == 8 * 6
     trace = model_read(qllm, "last_trace")
     assert model_read(qllm, "last_positions") == stock_positions(
-        qllm, ids, [(4, 4, 4, trace["positions"])], image_grid=(8, 6))
+        qllm.get_tokenizer(), ids, [(4, 4, 4, trace["positions"])], image_grid=(8, 6))
 
 
 def test_a_follow_up_served_from_the_prefix_cache_keeps_its_positions(qllm):
