@@ -108,6 +108,7 @@ from benchmarks.harness.load import (
     schedule,
 )
 from benchmarks.harness.plots import plot_throughput
+from benchmarks.harness.serve import chat_template_args
 from benchmarks.harness.tables import print_throughput
 from benchmarks.harness.throughput_summary import (
     budget_checks,
@@ -392,18 +393,23 @@ def spawn(args: argparse.Namespace, media_dir: Path, log: Path
         args.serve_arg = [*args.serve_arg, f"--backend-arg=--max-num-batched-tokens={budget}"]
     args.max_num_batched_tokens = budget
     servers: dict[str, harness.Server] = {}
+    # every server the same video layout (one vLLM's own pruning can run), where that is not
+    # the chat template's (benchmark.chat_video_rewrite)
+    chat = chat_template_args(fam, checkpoint, media_dir.parent)
     if any(a.server == "main" for a in args.arms):
-        servers["main"] = start_server(args, media_dir, checkpoint, per_frame, log)
+        servers["main"] = start_server(args, media_dir, checkpoint, per_frame, log, chat)
     for key, spec in vllm_servers.items():
         servers[key] = start_server(args, media_dir, checkpoint, per_frame,
                                     log.with_name(f"{log.stem}-{key}{log.suffix}"),
-                                    spec["serve_args"])
+                                    [*spec["serve_args"], *chat])
     for key, server in servers.items():
         print(f"started earlytom-serve {key} on {server.url} (log: {server.log})",
               file=sys.stderr)
     model = {"checkpoint": checkpoint, "sizes": sizes, "sizes_from": sizes_from,
              "dtype": "float32 (earlytom-serve's CPU default)", "family": fam.name,
              "arch": fam.architecture, "stock_arch": fam.base_architecture,
+             "chat_video_layout": (f"rewritten for every server: {fam.benchmark.chat_video_rewrite}"
+                                   if chat else "the checkpoint's chat template"),
              "desc": families.checkpoint_desc(fam, sizes) if sizes is not None else None}
     return servers, model, per_frame, vllm_servers
 

@@ -144,6 +144,23 @@ def backend_urls(url: str, api_key: str) -> list[str]:
 
 
 
+def chat_template_args(fam: Family, checkpoint: str, workdir: Path) -> list[str]:
+    """earlytom-serve arguments that give every server of a chat benchmark the family's
+    rewritten video layout (``benchmark.chat_video_rewrite``; none when it has none): the
+    checkpoint's own chat template with the video written the other way, as a file."""
+    rewrite = fam.benchmark.chat_video_rewrite
+    if rewrite is None:
+        return []
+    from transformers import AutoTokenizer
+
+    template = AutoTokenizer.from_pretrained(checkpoint).chat_template
+    if not isinstance(template, str) or rewrite[0] not in template:
+        raise ValueError(f"{checkpoint}'s chat template does not write {rewrite[0]!r}")
+    path = workdir / "chat_template.jinja"
+    path.write_text(template.replace(rewrite[0], rewrite[1]))
+    return [f"--backend-arg=--chat-template={path}"]
+
+
 def launch_bench_server(*, checkpoint: str, media_dir: Path, frames: int, max_model_len: int,
                         log: Path, kv_cache_gib: int, extra: Sequence[str] = (),
                         serve_arg: Sequence[str] = ()) -> Server:

@@ -66,6 +66,10 @@ class BenchmarkSpec:
     vision_share_band: tuple[float, float] = (0.0, 1.0)
     #: Published figures the TTFT benchmark stores beside its own (ms and shares).
     paper_ttft: Mapping[str, Any] = field(default_factory=dict)
+    #: Where vLLM's own pruning cannot run the chat template's video layout: (what the template
+    #: writes for a video, what the benchmark servers' template writes instead), so that every
+    #: arm of a chat benchmark is served on the layout they all run.
+    chat_video_rewrite: tuple[str, str] | None = None
     #: The throughput benchmark's ``--quick`` settings where the defaults do not fit the family.
     throughput_quick: Mapping[str, Any] = field(default_factory=dict)
 

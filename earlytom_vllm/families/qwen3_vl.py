@@ -93,6 +93,7 @@ FAMILY = Qwen3VLFamily(
         # 12 frames of 128 px (6 slices of 4 x 4 = 16 tokens): EVS's floor of one slice (16)
         # stays below EarlyTom's budget at r = 0.15 (6 x 3 = 18); one ratio, concurrency 1 and a
         # Poisson level of 2 requests
+        chat_video_rewrite=("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>"),
         throughput_quick={"frames": 12, "video_size": 128, "concurrency": "1", "ratios": "0.15",
                           "request_rate": "4", "rate_requests": 2}),
     checkpoint=CheckpointRecipe(
