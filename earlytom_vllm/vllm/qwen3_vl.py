@@ -55,8 +55,6 @@ from vllm.multimodal.processing import PromptReplacement
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
-    VideoCompression,
-    compress_video,
     kept_grid_positions,
     pool_merge_units,
 )
@@ -64,13 +62,15 @@ from earlytom_vllm.core.temporal import MergePlan, apply_plan
 from earlytom_vllm.families.qwen3_vl import FAMILY
 from earlytom_vllm.plan import VideoPlan
 from earlytom_vllm.vllm.compat import sync_allowed
-from earlytom_vllm.vllm.observe import record_trace, trace_clock
+from earlytom_vllm.vllm.observe import record_trace
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
     EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
+    check_rows,
     decode_plans,
+    encode_video,
     plan_of,
     server_defaults,
 )
@@ -406,27 +406,17 @@ class EarlyTomQwen3VLModel(EarlyTomEmbeddings):
         t, h, w = grid
         if t != plan.num_frames:
             raise AssertionError(f"plan for {plan.num_frames} slices, video has {t}")
-        clock = trace_clock(pixels) if plan.config.trace else None
-        t0 = clock() if clock else 0.0
-        result: VideoCompression | None = None
-        if not plan.config.compresses:
-            feats = self.visual(pixels, grid_thw=[grid])  # the stock encoder
+        feats, result, seconds = encode_video(
+            plan, pixels,
+            stock=lambda: self.visual(pixels, grid_thw=[grid]),  # [t*h*w/4, D * (1 + levels)]
+            tower=lambda: VllmQwen3VisionTower(self.visual, h, w),
+            hidden=lambda tower: tower.embed(pixels, t))
+        if result is None:
             grid_pos = self._full_grid(grid, feats.device)
-            seconds = ((clock() - t0) if clock else 0.0, 0.0)
         else:
-            tower = VllmQwen3VisionTower(self.visual, h, w)
-            if tower.tokens_per_frame != plan.tokens_per_frame:
-                raise AssertionError(f"plan for {plan.tokens_per_frame} tokens per slice, grid "
-                                     f"{grid} has {tower.tokens_per_frame}")
-            result = compress_video(tower.embed(pixels, t), tower, plan.config, clock=clock)
-            feats = result.tokens  # [count, D']
-            grid_pos = kept_grid_positions(result.index, result.origins, tower.tokens_per_frame,
-                                           tower.grid_w)
-            total = (clock() - t0) if clock else 0.0
-            seconds = (total - result.tokens_seconds, result.tokens_seconds)
-        if feats.shape[0] != plan.rows:
-            raise AssertionError(
-                f"video embedding has {feats.shape[0]} rows, its placeholder count is {plan.rows}")
+            grid_pos = kept_grid_positions(result.index, result.origins, plan.tokens_per_frame,
+                                           w // self.visual.spatial_merge_size)
+        check_rows(feats, plan)
         out = self._with_channels(feats, grid_pos, t)
         if plan.config.trace:
             record_trace(self, plan, result, seconds,
