@@ -32,11 +32,11 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from earlytom_server import openapi as api
 from earlytom_server.admission import Admission, Overloaded, Ticket
 from earlytom_server.errors import REQUEST_ID, APIError, error_body, normalize_error_body
 from earlytom_server.guard import RequestGuard
@@ -54,11 +54,12 @@ from earlytom_server.proxy import (
 from earlytom_server.schemas import (
     COMPLETION_REJECTED_FIELDS,
     REJECTED_FIELDS,
+    TOKENIZE_PROMPT_REJECTED_FIELDS,
     ChatCompletionRequest,
-    ChatCompletionResponse,
     CompletionRequest,
-    ErrorResponse,
-    TokenizeRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizePromptRequest,
 )
 from earlytom_server.settings import Settings
 from earlytom_server.supervisor import BackendSupervisor, CommandFactory
@@ -88,8 +89,8 @@ MAX_JSON_ITEMS = 200_000
 def _clean_loc(loc: Sequence[Any]) -> list[Any]:
     out: list[Any] = []
     for item in loc:
-        if isinstance(item, str) and ("[" in item or item in {"str", "int", "float", "bool",
-                                                               "list", "dict", "none"}):
+        if isinstance(item, str) and ("[" in item or item.startswith("constrained-") or item in {
+                "str", "int", "float", "bool", "list", "dict", "none"}):
             continue  # union-branch labels
         if out and isinstance(item, str) and out[-1] == item:
             continue  # discriminator tag followed by the field of the same name
@@ -125,11 +126,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
-def _finite_float(text: str) -> float:
+def _json_number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent. JSON has one number type: ``2.0`` is the
+    integer 2 (as JSON Schema's ``integer`` says), so an integral value is an int here and
+    integer fields accept it, as vLLM's do."""
     value = float(text)
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"the number {text[:40]} is out of range")
-    return value
+    return int(value) if value.is_integer() else value
 
 
 def json_depth_exceeds(value: Any, limit: int) -> bool:
@@ -163,7 +167,7 @@ def parse_json_body(raw: bytes | bytearray) -> dict[str, Any]:
         raise APIError(400, f"the request body has more than {MAX_JSON_ITEMS} JSON objects, "
                        "arrays or items", code="invalid_json")
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_json_number)
     except RecursionError:
         raise APIError(400, f"the request body nests objects/arrays deeper than "
                        f"{MAX_JSON_DEPTH} levels", code="invalid_json") from None
@@ -584,16 +588,20 @@ class FrontEnd:
         """The body, parsed and validated against ``schema`` (fields in ``rejected`` refused),
         with ``labels.model`` set to the model it resolves to."""
         body = await self.read_json(request, declared=declared, deadline=deadline)
+        return body, self._validate(body, labels, schema, rejected)
+
+    def _validate(self, body: dict[str, Any], labels: Labels, schema: Any,
+                  rejected: dict[str, str]) -> Any:
         labels.model = self._label_model(body.get("model"))
+        for name, why in rejected.items():
+            if body.get(name) is not None:  # null: as if absent (what the schema says)
+                raise APIError(400, why, param=name, code="invalid_value")
         try:
             req = schema.model_validate(body)
         except ValidationError as exc:
             raise validation_error(exc.errors()) from None
-        for name, why in rejected.items():
-            if name in body:
-                raise APIError(400, why, param=name, code="invalid_value")
         labels.model = self.resolve_model(req.model)
-        return body, req
+        return req
 
     def _video_settings(self, upstream: dict[str, Any], prepared: Prepared,
                         overrides: dict[str, Any], cfg: EarlyTomConfig) -> str | None:
@@ -747,21 +755,22 @@ class FrontEnd:
 
     async def _tokenizer(self, request: Request, deadline: float, declared: int | None,
                          labels: Labels, path: str) -> Response:
-        body, req = await self._read_request(request, labels, declared, deadline,
-                                             TokenizeRequest, REJECTED_FIELDS)
+        body = await self.read_json(request, declared=declared, deadline=deadline)
+        chat_form = path == TOKENIZE_PATH and body.get("messages") is not None
+        schema, rejected = (
+            (TokenizeChatRequest, REJECTED_FIELDS) if chat_form else
+            (TokenizePromptRequest if path == TOKENIZE_PATH else DetokenizeRequest,
+             TOKENIZE_PROMPT_REJECTED_FIELDS))
+        req = self._validate(body, labels, schema, rejected)
         upstream = {k: v for k, v in body.items() if k not in ("earlytom", "mm_processor_kwargs")}
         upstream["model"] = labels.model
         key = None
-        if path == TOKENIZE_PATH and req.messages is not None:
+        if chat_form:
             overrides, frames_as_video, cfg = self.parse_earlytom(req, body)
             prepared = await self.unless_disconnected(
                 request, self.prepare(upstream, frames_as_video=frames_as_video), deadline)
             upstream = prepared.body
             key = self._video_settings(upstream, prepared, overrides, cfg)
-        elif "earlytom" in body or "mm_processor_kwargs" in body:
-            name = "earlytom" if "earlytom" in body else "mm_processor_kwargs"
-            raise APIError(400, f"{name} applies to chat-form /tokenize requests (messages) "
-                           "only", param=name, code="invalid_value")
         content = encode_upstream(upstream)
         del body, upstream
         response, _backend = await self.unless_disconnected(
@@ -1012,50 +1021,6 @@ class FrontEnd:
         return JSONResponse({"object": "list", "data": self.pool.models()})
 
 
-#: The chat route reads its body itself (streamed, capped, parsed strictly); its schema is
-#: declared here so that FastAPI publishes it (and the fuzzer can generate from it).
-CHAT_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
-    },
-}
-COMPLETIONS_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/CompletionRequest"}}},
-    },
-}
-TOKENIZE_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/TokenizeRequest"}}},
-    },
-}
-_ERROR = {"model": ErrorResponse}
-CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": ChatCompletionResponse,
-          "content": {"text/event-stream": {"schema": {"type": "string"}}},
-          "description": "The completion (JSON), or server-sent events with stream: true"},
-    **{code: {**_ERROR, "description": why} for code, why in (
-        (400, "invalid request"), (401, "missing or wrong API key"),
-        (403, "a media URL that may not be fetched"), (404, "unknown model or media file"),
-        (408, "the body did not arrive in time"), (413, "body or media too large"),
-        (429, "at capacity: retry after Retry-After seconds"),
-        (431, "too many or too large headers"), (499, "the client went away"),
-        (502, "the backend failed"), (503, "no backend ready, or draining"),
-        (504, "backend or request time limit"))},
-}
-#: The other relayed routes answer what vLLM answers (relayed unchanged), or the same errors.
-RELAY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "vLLM's answer, relayed (JSON; server-sent events with stream: true)"},
-    **{code: spec for code, spec in CHAT_RESPONSES.items() if code != 200},
-}
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -1076,23 +1041,18 @@ def create_app(
         finally:
             await front.shutdown()
 
-    # The schema is built either way (tests fuzz the API from it); it is served only when asked.
+    # The schema is built either way (tests check the API against it); served unless turned off.
     app = FastAPI(title="earlytom-vllm", docs_url=None, redoc_url=None, lifespan=lifespan,
-                  openapi_url="/openapi.json" if settings.expose_openapi else None)
+                  openapi_url=api.OPENAPI_PATH if settings.expose_openapi else None)
     app.state.front = front
     app.state.settings = settings
     app.add_middleware(RequestGuard, state=lambda: front)
+    if settings.expose_openapi:
+        api.install_docs(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=__version__, routes=app.routes)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (ChatCompletionRequest, CompletionRequest, TokenizeRequest):
-                request_schema = model.model_json_schema(
-                    ref_template="#/components/schemas/{model}")
-                components.update(request_schema.pop("$defs", {}))
-                components[model.__name__] = request_schema
-            app.openapi_schema = schema
+            app.openapi_schema = api.build_openapi(app, settings, __version__)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -1115,35 +1075,35 @@ def create_app(
 
     # Unexpected exceptions are the request guard's: a normal 500 that keeps the connection.
 
-    @app.post(CHAT_PATH, openapi_extra=CHAT_OPENAPI, responses=CHAT_RESPONSES)
+    @app.post(CHAT_PATH, **api.CHAT)
     async def chat_completions(request: Request) -> Response:
         return await front.chat(request)
 
-    @app.post(COMPLETIONS_PATH, openapi_extra=COMPLETIONS_OPENAPI, responses=RELAY_RESPONSES)
+    @app.post(COMPLETIONS_PATH, **api.COMPLETIONS)
     async def completions(request: Request) -> Response:
         return await front.completions(request)
 
-    @app.post(TOKENIZE_PATH, openapi_extra=TOKENIZE_OPENAPI, responses=RELAY_RESPONSES)
+    @app.post(TOKENIZE_PATH, **api.TOKENIZE)
     async def tokenize(request: Request) -> Response:
         return await front.tokenizer(request, TOKENIZE_PATH)
 
-    @app.post(DETOKENIZE_PATH, openapi_extra=TOKENIZE_OPENAPI, responses=RELAY_RESPONSES)
+    @app.post(DETOKENIZE_PATH, **api.DETOKENIZE)
     async def detokenize(request: Request) -> Response:
         return await front.tokenizer(request, DETOKENIZE_PATH)
 
-    @app.get(VERSION_PATH)
+    @app.get(VERSION_PATH, **api.VERSION)
     async def version(request: Request) -> Response:
         return await front.version(request)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", **api.MODELS)
     async def list_models(request: Request) -> Response:
         return front.models(request)
 
-    @app.get("/health")
+    @app.get("/health", **api.HEALTH)
     async def health(request: Request) -> Response:
         return front.health(request)
 
-    @app.get("/metrics")
+    @app.get("/metrics", **api.METRICS)
     async def metrics(request: Request) -> Response:
         return front.metrics_route(request)
 

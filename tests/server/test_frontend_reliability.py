@@ -476,13 +476,13 @@ def test_total_request_time_cap(make_front, fake_backend):
 # -- the schema ------------------------------------------------------------------------------------------
 
 
-def test_openapi_is_served_only_when_asked(make_front, fake_backend, front):
+def test_openapi_is_served_by_default_unless_turned_off(make_front, fake_backend, front):
     with httpx.Client(base_url=front.url) as c:
-        assert c.get("/openapi.json").status_code == 404
-    exposed = make_front(backends=[fake_backend.url], expose_openapi=True)
-    with httpx.Client(base_url=exposed.url) as c:
         schema = c.get("/openapi.json").json()
-    assert schema == json.loads(json.dumps(exposed.app.openapi()))
+    assert schema == json.loads(json.dumps(front.app.openapi()))
     body = schema["paths"][CHAT]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    hidden = make_front(backends=[fake_backend.url], expose_openapi=False)
+    with httpx.Client(base_url=hidden.url) as c:
+        assert c.get("/openapi.json").status_code == 404
     assert "429" in schema["paths"][CHAT]["post"]["responses"]
