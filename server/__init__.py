@@ -10,6 +10,10 @@ the pieces live in their own modules:
 - :mod:`earlytom_server.proxy`     -- backend pool, health, fewest-in-flight routing, relaying
 - :mod:`earlytom_server.supervisor`-- the vLLM child process started when no backend URL is given
 - :mod:`earlytom_server.metrics`   -- the ``earlytom_*`` Prometheus metrics
-- :mod:`earlytom_server.app`       -- ``create_app(settings)``
+- :mod:`earlytom_server.app`       -- ``create_app(settings)``: the routes
+- :mod:`earlytom_server.frontend`  -- request handling behind them: auth, admission, forwarding
+- :mod:`earlytom_server.prepare`   -- request bodies read, checked and rewritten for the backend
+- :mod:`earlytom_server.relay`     -- streamed answers relayed and counted
+- :mod:`earlytom_server.openapi`   -- the published API: ``/openapi.json``, ``/docs``, ``/redoc``
 - :mod:`earlytom_server.cli`       -- ``earlytom-serve``
 """

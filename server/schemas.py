@@ -15,7 +15,7 @@ The ``earlytom`` extension (request body, next to ``messages``)::
 is forwarded to vLLM as ``mm_processor_kwargs: {"earlytom": {...}}`` (without ``frames_as_video``),
 in one canonical form (sorted keys, effective values, server-wide settings omitted) so that equal
 settings share vLLM's multimodal cache entries; an image-only request forwards none
-(``app.canonical_earlytom``).
+(``prepare.canonical_earlytom``).
 
 These models are also the published OpenAPI schema (``server/openapi.py``): what a field's schema
 allows is what the front end accepts, and the rest is refused with a 400 naming the field. The
