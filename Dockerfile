@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# earlytom-vllm serving image: the official vLLM OpenAI image (0.32 series) + this package with
-# its [server] extra, running `earlytom-serve` (OpenAI-compatible front end on :8000, which spawns
+# earlytom-vllm serving image: the official vLLM OpenAI image (a supported release, VLLM_VERSION
+# below) + this package with its [server] extra, running `earlytom-serve` (OpenAI-compatible front end on :8000, which spawns
 # the vLLM engine with the EarlyTom plugin on :8001) as a non-root user.
 #
 #   docker build -t earlytom-vllm:0.1.0 .
@@ -13,11 +13,17 @@
 # `--ipc=host` (or a large `--shm-size`, e.g. 16g) is required for tensor parallelism, since
 # PyTorch shares tensors between the worker processes through /dev/shm.
 #
+# The vLLM release under the plugin (docs/vllm-versions.md): one of the supported releases
+#   VLLM_VERSION: 0.32.0 | 0.33.0 | 0.34.0
+# picked at build time, with the vLLM release in the image's tag, e.g.
+#   docker build --build-arg VLLM_VERSION=0.34.0 -t earlytom-vllm:0.1.0-vllm0.34.0 .
+# A base image whose vLLM the plugin does not support fails the build (runtime stage).
+ARG VLLM_VERSION=0.32.0
 # The base image is pinned by tag. For byte-for-byte reproducible builds pin its digest too:
 #   docker buildx imagetools inspect vllm/vllm-openai:v0.32.0     # prints "Digest: sha256:..."
 #   docker build --build-arg VLLM_IMAGE=vllm/vllm-openai:v0.32.0@sha256:<digest> .
 # Keep the tag in the reference when adding a digest: it documents which release the digest is.
-ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+ARG VLLM_IMAGE=vllm/vllm-openai:v${VLLM_VERSION}
 
 # ---------------------------------------------------------------------------------------------
 # builder: turn the sources into a wheel. Nothing from this stage but the wheel reaches the image.
@@ -34,12 +40,14 @@ RUN python3 -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src \
 # ---------------------------------------------------------------------------------------------
 FROM ${VLLM_IMAGE} AS runtime
 
+ARG VLLM_VERSION
 ARG EARLYTOM_UID=10001
 ARG EARLYTOM_GID=10001
 
 LABEL org.opencontainers.image.title="earlytom-vllm" \
-      org.opencontainers.image.description="LLaVA-OneVision on vLLM 0.32 with EarlyTom visual-token compression, OpenAI-compatible API" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="Video LLMs (LLaVA-OneVision, LLaVA-Video, Qwen2.5-VL) on vLLM ${VLLM_VERSION} with EarlyTom visual-token compression, OpenAI-compatible API" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.earlytom.vllm-version="${VLLM_VERSION}"
 
 # Install the wheel with the [server] extra (fastapi, uvicorn, pydantic-settings, prometheus-client,
 # httpx) and no dev tools. The constraints file freezes what the base image already ships (torch,
@@ -52,7 +60,8 @@ RUN set -eux; \
     python3 -m pip install --no-cache-dir -c /tmp/base-constraints.txt "${wheel}[server]"; \
     rm -rf /tmp/wheels /tmp/base-constraints.txt; \
     command -v earlytom-serve; \
-    python3 -c "import earlytom_vllm, earlytom_server; print('earlytom-vllm', earlytom_vllm.__version__)"
+    python3 -c "import earlytom_vllm, earlytom_server; print('earlytom-vllm', earlytom_vllm.__version__)"; \
+    python3 -c "import importlib.metadata as md, sys; from earlytom_vllm.vllm.compat import unsupported_vllm; v = md.version('vllm'); sys.exit(unsupported_vllm(v, tuple(int(p) for p in v.split('.')[:2] if p.isdigit())))"
 
 # Unprivileged user; /data holds the Hugging Face cache (mount a volume there) and local media.
 RUN set -eux; \

@@ -3,7 +3,7 @@
 #   make test    install everything (venv, Prometheus for the deploy tests), then run the tests
 .PHONY: serve test test-fast test-engine lint audit fuzz-long bench-flops bench-overhead bench-ttft \
         bench-throughput bench-load bench-followup \
-        audit-latest demo venv prometheus clean
+        audit-latest contract demo venv prometheus clean
 
 PY := .venv/bin/python
 
@@ -42,13 +42,18 @@ bench-overhead: venv
 bench-ttft: venv
 	$(PY) -m benchmarks.ttft
 
+# The project's vLLM contract (scripts/vllm_contract.py) against the installed vLLM and the
+# 0.33/0.34 sources (fetched once into ~/.cache/earlytom-vllm/vllm-sources); also in `make test`.
+contract: venv
+	$(PY) scripts/vllm_contract.py
+
 # Known vulnerabilities of the installed environment (needs the PyPI JSON API or OSV; --strict
 # fails when a package could not be checked, so no network means a red build, not a green one).
 audit: venv
 	$(PY) -m pip_audit --strict --progress-spinner off
 
 # Where pip-audit cannot reach per-release data: PyPI's project JSON for every installed
-# distribution that is the latest release (RELIABILITY.md says what it covers).
+# distribution that is the latest release (docs/reliability.md says what it covers).
 audit-latest: venv
 	$(PY) scripts/audit_latest.py
 

@@ -39,6 +39,7 @@ Tiny shapes run in a second (``--frames 4 --tokens 49 --width 64 --heads 4 --mlp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from benchmarks import harness
-from earlytom_vllm.config import EarlyTomConfig
+from benchmarks.harness.flops_models import QWEN2_7B, SIGLIP
 from earlytom_vllm.core import (
     attention_with_received,
     merge_frames,
@@ -143,8 +144,9 @@ def run(**kwargs: Any) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-def _run(*, frames: int = 32, tokens: int = 729, width: int = 1152, heads: int = 16,
-        mlp: int = 4304, llm_width: int = 3584, ratio: float = 0.1,
+def _run(*, frames: int = 32, tokens: int = SIGLIP.tokens_per_frame, width: int = SIGLIP.width,
+         heads: int = SIGLIP.heads, mlp: int = SIGLIP.mlp, llm_width: int = QWEN2_7B.hidden,
+         ratio: float = 0.1,
         prune_layers: Sequence[int] | None = None, repeats: int = 5, warmup: int = 1,
         threads: int = 2, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     grid = math.isqrt(tokens)
@@ -152,10 +154,11 @@ def _run(*, frames: int = 32, tokens: int = 729, width: int = 1152, heads: int =
         raise ValueError(f"tokens must be a square grid (729 = 27^2), got {tokens}")
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
-    cfg = EarlyTomConfig()
+    cfg = SIGLIP.family.defaults  # the family's serving defaults (prune layers, tau, ...)
     layers = tuple(prune_layers) if prune_layers else cfg.prune_layers
-    pooled = harness.pooled_side(grid)  # LLaVA-OV pooling: 27 -> 14
-    pooled_tokens = pooled * pooled
+    # LLaVA-OneVision's pooling of a grid x grid frame, as the family counts it: 27 -> 14
+    pooled_tokens = dataclasses.replace(SIGLIP, image=grid * SIGLIP.patch).pooled_tokens_per_frame
+    pooled = math.isqrt(pooled_tokens)
     budget = video_token_budget(frames, ratio, pooled_tokens)
     min_frames = min_frames_for_budget(budget, pooled_tokens)
 
@@ -339,11 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Time EarlyTom's compression logic against one "
                                              "full-token SigLIP-so400m-shaped encoder layer.")
     ap.add_argument("--frames", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=729, help="tokens per frame (a square)")
-    ap.add_argument("--width", type=int, default=1152)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--mlp", type=int, default=4304)
-    ap.add_argument("--llm-width", type=int, default=3584, help="projector output width")
+    ap.add_argument("--tokens", type=int, default=SIGLIP.tokens_per_frame,
+                    help="tokens per frame (a square)")
+    ap.add_argument("--width", type=int, default=SIGLIP.width)
+    ap.add_argument("--heads", type=int, default=SIGLIP.heads)
+    ap.add_argument("--mlp", type=int, default=SIGLIP.mlp)
+    ap.add_argument("--llm-width", type=int, default=QWEN2_7B.hidden,
+                    help="projector output width")
     ap.add_argument("--ratio", type=float, default=0.1, help="retain ratio for the budget")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)

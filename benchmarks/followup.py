@@ -41,10 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import itertools
-import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -59,26 +56,19 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import harness
+from benchmarks.harness import families
+from benchmarks.harness.arms import METHODS, earlytom_field
+from benchmarks.harness.counters import COUNTERS, cache_config, counters_after, read_counters
+from benchmarks.harness.plots import plot_followup
+from benchmarks.harness.tables import print_followup
 
-DEFAULT_JSON = harness.RESULTS / "followup.json"
-DEFAULT_PLOT = harness.RESULTS / "followup.png"
-
-METHODS = harness.METHODS
+#: VLLM_CPU_KVCACHE_SPACE (GiB) of the spawned server: one conversation at a time.
+KV_CACHE_GIB = 1
 QUESTIONS: tuple[str, ...] = (
     "What happens in this video? Describe it briefly.",
     "How many different scenes are there, and what changes between them?",
     "Which object moves the most in the last scene?",
 )
-#: vLLM 0.32's counters (``vllm/v1/metrics/loggers.py``; prometheus appends ``_total``), by the
-#: short names the report uses.
-COUNTERS: dict[str, str] = {
-    "prefix_queries": "vllm:prefix_cache_queries",
-    "prefix_hits": "vllm:prefix_cache_hits",
-    "mm_queries": "vllm:mm_cache_queries",
-    "mm_hits": "vllm:mm_cache_hits",
-    "prompt_tokens": "vllm:prompt_tokens",
-    "prompt_tokens_cached": "vllm:prompt_tokens_cached",
-}
 #: --quick: the tiny checkpoint, 4 frames, one conversation per method, no warm-up; KV blocks of 32
 #: tokens (the CPU backend's smallest; its default is 128) so that the compressed methods' short
 #: prompts fill whole blocks the prefix cache can serve.
@@ -95,11 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="TTFT of three follow-up questions about one video, per method, with the "
         "vLLM prefix- and multimodal-cache hits of each turn, through one earlytom-serve.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    families.add_family_arg(p)
     harness.add_endpoint_args(p, "checkpoint for the spawned server (default: the benchmark "
                               "model; --quick: the tiny one); with --url: a local copy of the "
                               "served model, for its tokens per frame and chat template")
     p.add_argument("--frames", type=int, default=32, help="frames per video (--num-frames)")
-    p.add_argument("--video-size", type=int, default=384, help="side of the square videos (px)")
+    p.add_argument("--video-size", type=int, help="side of the square videos (px; default: the "
+                   "family's benchmark video_size)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--ratio", type=float, default=0.10,
                    help="retain ratio of the compressed methods")
@@ -116,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=5000, help="first video seed")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny checkpoint, 4 frames, "
                    "1 conversation per method, 4 answer tokens")
-    harness.add_output_args(p, DEFAULT_JSON, DEFAULT_PLOT)
+    harness.add_output_args(p)
     return p
 
 
@@ -129,6 +121,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.fam = families.get(args.family)
+    harness.resolve_outputs(args, "followup", args.fam)
+    args.video_size = args.video_size or args.fam.benchmark.video_size
     for m in args.method_list:
         if m not in METHODS:
             parser.error(f"unknown method {m!r} (choose from {', '.join(METHODS)})")
@@ -149,71 +144,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--url needs --checkpoint (a local copy of the served model: its tokens "
                      "per frame and chat template give the expected prompt tokens)")
     return args
-
-
-# --------------------------------------------------------------------------------------------------
-# The backend's cache counters
-
-
-def parse_counters(text: str) -> dict[str, float]:
-    """:data:`COUNTERS` summed over every label set (engines, models) of a Prometheus text
-    exposition; a counter the text lacks is 0."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    want = {v: k for k, v in COUNTERS.items()}
-    out = dict.fromkeys(COUNTERS, 0.0)
-    for family in text_string_to_metric_families(text):
-        key = want.get(family.name.removesuffix("_total"))
-        if key is None:
-            continue
-        for s in family.samples:
-            if s.name.endswith("_total"):
-                out[key] += float(s.value)
-    return out
-
-
-def read_counters(backends: Sequence[str]) -> dict[str, float]:
-    """The counters of all ``backends`` together (their ``/metrics`` need no key)."""
-    import httpx
-
-    total = dict.fromkeys(COUNTERS, 0.0)
-    for url in backends:
-        r = httpx.get(f"{url}/metrics", timeout=30.0)
-        r.raise_for_status()
-        for k, v in parse_counters(r.text).items():
-            total[k] += v
-    return total
-
-
-def cache_config(backends: Sequence[str]) -> dict[str, Any]:
-    """``block_size`` and ``enable_prefix_caching`` of the first backend, from vLLM's
-    ``vllm:cache_config_info`` gauge; a clear error where prefix caching is off (the follow-up
-    turns would then measure nothing but the multimodal cache)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{backends[0]}/metrics", timeout=30.0).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "vllm:cache_config_info" and family.samples:
-            labels = family.samples[0].labels
-            if labels.get("enable_prefix_caching") != "True":
-                raise SystemExit(f"prefix caching is off in the backend {backends[0]} "
-                                 f"(enable_prefix_caching={labels.get('enable_prefix_caching')})"
-                                 ": start it without --no-enable-prefix-caching")
-            return {"block_size": int(labels["block_size"]), "enable_prefix_caching": True}
-    raise SystemExit(f"the backend {backends[0]} exposes no vllm:cache_config_info on /metrics")
-
-
-def counters_after(backends: Sequence[str], before: dict[str, float], *, settle_s: float = 5.0
-                   ) -> dict[str, float]:
-    """Counters once the turn's prompt shows up in them (vLLM records a request's stats as its
-    outputs are processed: a scrape right after the stream ends may be a step behind)."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        now = read_counters(backends)
-        if now["prompt_tokens"] > before["prompt_tokens"] or time.monotonic() > deadline:
-            return now
-        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,68 +188,28 @@ def _processor(checkpoint: str, auto: Any) -> Any:
 # One turn
 
 
-@dataclass
-class Turn:
+@dataclass(kw_only=True)
+class Turn(harness.RequestRecord):
     method: str
     conversation: int  # index within the method
     turn: int  # 1-based
     seed: int  # the conversation's video
     messages: int = 0  # messages sent
-    ok: bool = False
-    ttft_s: float | None = None
-    ttft_source: str | None = None
-    latency_s: float | None = None
-    prompt_tokens: int | None = None
     prompt_tokens_expected: int | None = None
-    completion_tokens: int | None = None
     answer: str = ""
     cache: dict[str, float] = field(default_factory=dict)  # counter deltas over the turn
     loadavg_before: list[float] | None = None
     cpu: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-
-
-def earlytom_field(method: str, ratio: float) -> dict[str, Any]:
-    """The front end's per-request compression settings (identical on every turn)."""
-    return {"method": "none"} if method == "none" else {"method": method, "retain_ratio": ratio}
 
 
 async def stream_turn(client: Any, model: str, history: list[dict[str, Any]], turn: Turn,
                       args: argparse.Namespace) -> None:
     """Send ``history`` (streaming) and fill ``turn``'s TTFT, usage and answer."""
-    t0 = time.perf_counter()
-    first_any = first_content = None
-    pieces: list[str] = []
-    try:
-        stream = await client.chat.completions.create(
-            model=model, messages=history, max_tokens=args.max_tokens, temperature=0.0,
-            stream=True, stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True,
-                        "earlytom": earlytom_field(turn.method, args.ratio)})
-        async for chunk in stream:
-            now = time.perf_counter()
-            for choice in chunk.choices:
-                delta = choice.delta.content
-                if first_any is None and (delta is not None or choice.finish_reason):
-                    first_any = now
-                if delta:
-                    first_content = first_content or now
-                    pieces.append(delta)
-            if chunk.usage is not None:
-                turn.prompt_tokens = chunk.usage.prompt_tokens
-                turn.completion_tokens = chunk.usage.completion_tokens
-        turn.latency_s = time.perf_counter() - t0
-        first = first_content or first_any
-        if first is not None:
-            turn.ttft_s = first - t0
-            turn.ttft_source = "first_content" if first_content else "first_chunk"
-        turn.answer = "".join(pieces)
-        turn.ok = turn.completion_tokens is not None and turn.ttft_s is not None
-        if not turn.ok:
-            turn.error = "no usage or no chunk in the stream"
-    except Exception as exc:  # recorded; the conversation stops here
-        turn.latency_s = time.perf_counter() - t0
-        turn.error = f"{type(exc).__name__}: {exc}"[:500]
+    got = await harness.stream_chat(
+        client, model=model, messages=history, max_tokens=args.max_tokens,
+        extra_body={"ignore_eos": True, "earlytom": earlytom_field(turn.method, args.ratio)})
+    turn.record(got)
+    turn.answer = got.text
 
 
 async def conversation(client: Any, model: str, video_url: str, method: str, index: int,
@@ -359,14 +249,9 @@ async def conversation(client: Any, model: str, video_url: str, method: str, ind
 
 def video_url(seed: int, args: argparse.Namespace, media_dir: Path, *, as_file: bool) -> str:
     """A fresh synthetic scene video (3 scenes, moving objects) as file:// or data: URL."""
-    media_dir.mkdir(parents=True, exist_ok=True)
-    path = media_dir / f"followup-{args.frames}f-{args.video_size}-{seed}.mp4"
-    if not path.is_file():
-        harness.write_mp4(path, harness.synthetic_video("scene", args.frames,
-                                                        size=args.video_size, seed=seed))
-    if as_file:
-        return f"file://{path.resolve()}"
-    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    return harness.video_files("scene", [seed], frames=args.frames, size=args.video_size,
+                               fps=args.fam.benchmark.video_fps, media_dir=media_dir,
+                               prefix="followup", as_file=as_file)[0].url
 
 
 def order(methods: Sequence[str], rounds: int) -> list[tuple[int, str]]:
@@ -385,7 +270,7 @@ async def run(args: argparse.Namespace, url: str, model: str, backends: Sequence
 
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=args.api_key, max_retries=0,
                                 timeout=args.timeout)
-    rows = {m: harness.expected_rows(m, args.ratio, args.frames, per_frame)
+    rows = {m: families.expected_rows(args.fam, m, args.ratio, args.frames, per_frame)
             for m in args.method_list}
     seeds = iter(range(args.seed, args.seed + 10**6))
     warm: list[Turn] = []
@@ -421,18 +306,12 @@ def start_server(args: argparse.Namespace, media_dir: Path, checkpoint: str, per
                  log: Path) -> harness.Server:
     """earlytom-serve on ``checkpoint``; room for the longest conversation (three answers and
     questions after the full-token video)."""
-    max_len = (harness.expected_rows("none", None, args.frames, per_frame) + 512
+    max_len = (families.expected_rows(args.fam, "none", None, args.frames, per_frame) + 512
                + args.turns * args.max_tokens * 4)
-    serve_args = ["--media-dir", str(media_dir), "--num-frames", str(args.frames),
-                  "--max-model-len", str(max_len), "--health-interval", "0.5",
-                  "--log-level", "warning", "--model", checkpoint,
-                  "--served-model-name", "earlytom-bench"]
-    if args.block_size is not None:
-        serve_args.append(f"--backend-arg=--block-size={args.block_size}")
-    for chunk in args.serve_arg:
-        serve_args += shlex.split(chunk)
-    return harness.launch_serve(serve_args, log, env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get(
-        "VLLM_CPU_KVCACHE_SPACE", "1")})
+    extra = [] if args.block_size is None else [f"--backend-arg=--block-size={args.block_size}"]
+    return harness.launch_bench_server(
+        checkpoint=checkpoint, media_dir=media_dir, frames=args.frames, max_model_len=max_len,
+        log=log, kv_cache_gib=KV_CACHE_GIB, extra=extra, serve_arg=args.serve_arg)
 
 
 def median(xs: Sequence[float]) -> float | None:
@@ -524,11 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.checkpoint:
                 checkpoint, sizes_from = args.checkpoint, "--checkpoint"
             else:
-                sizes_from = ("benchmarks.harness.TINY_SIZES" if args.quick
-                              else "benchmarks.harness.BENCH_SIZES")
-                checkpoint, sizes = harness.checkpoint(
-                    harness.TINY_SIZES if args.quick else harness.BENCH_SIZES)
-        per_frame = harness.model_tokens_per_frame(checkpoint)
+                sizes_from = families.sizes_source(args.fam, quick=args.quick)
+                checkpoint, sizes = families.checkpoint(
+                    args.fam, families.sizes(args.fam, quick=args.quick))
+        per_frame = families.model_tokens_per_frame(args.fam, checkpoint, args.video_size)
         if not args.url:
             server = start_server(args, media_dir, checkpoint, per_frame,
                                   args.server_log or workdir / "earlytom-serve.log")
@@ -555,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "followup",
         "notes": args.note,
         "settings": {
-            "frames": args.frames, "video": "scene", "video_size": args.video_size,
+            "family": args.fam.name, "frames": args.frames, "video": "scene", "video_size": args.video_size,
             "methods": args.method_list, "ratio": args.ratio, "turns": args.turns,
             "questions": list(QUESTIONS[:args.turns]), "conversations": args.conversations,
             "max_tokens": args.max_tokens, "block_size": args.block_size, "ignore_eos": True, "temperature": 0.0,
@@ -568,8 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "model": {"served_name": model, "checkpoint": checkpoint, "sizes": sizes,
                   "sizes_from": None if args.url else sizes_from, "tokens_per_frame": per_frame,
-                  "visual_tokens": {m: harness.expected_rows(m, args.ratio, args.frames,
-                                                             per_frame)
+                  "visual_tokens": {m: families.expected_rows(args.fam, m, args.ratio,
+                                                              args.frames, per_frame)
                                     for m in args.method_list}},
         "backends": list(backends),
         "engine_cache": engine_cache,
@@ -586,87 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": [asdict(t) for t in warm],
         "turns": [asdict(t) for t in turns],
     }
-    print_table(report)
-    harness.write_results(report, args.json, args.plot, plot)
+    print_followup(report)
+    harness.write_results(report, args.json, args.plot, plot_followup)
     c = report["checks"]
     return 0 if c["errors"] == 0 and c["turns_ok"] == c["turns_expected"] else 1
-
-
-# --------------------------------------------------------------------------------------------------
-# Report
-
-
-LABELS = {"none": "full tokens", "post_encoder": "post-encoder", "evs": "EVS",
-          "earlytom": "EarlyTom"}
-COLORS = {"none": "#7f7f7f", "post_encoder": "#1f77b4", "evs": "#ff7f0e", "earlytom": "#d62728"}
-
-
-def table(report: dict[str, Any]) -> str:
-    """Markdown: per method and turn, TTFT, prompt tokens and the cache hits behind the turn."""
-    lines = ["| method | turn | TTFT s (median) | vs turn 1 | prompt tokens | prefix hits / "
-             "queries (tokens) | mm hits / queries |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    sp = report["speedup_vs_turn1"]
-    for c in report["cells"]:
-        cache = c["cache"]
-        x = sp[c["method"]].get(str(c["turn"])) if c["turn"] > 1 else None
-        ttft = f"{c['ttft_median_s']:.3f}" if c["ttft_median_s"] is not None else "-"
-        lines.append(
-            f"| {c['method']} | {c['turn']} | {ttft} | {f'{x:.1f}x' if x else '-'} | "
-            f"{', '.join(map(str, c['prompt_tokens'])) or '-'} | "
-            f"{_n(cache['prefix_hits'])} / {_n(cache['prefix_queries'])} | "
-            f"{_n(cache['mm_hits'])} / {_n(cache['mm_queries'])} |")
-    return "\n".join(lines)
-
-
-def _n(x: float | None) -> str:
-    return "-" if x is None else f"{x:g}"
-
-
-def print_table(report: dict[str, Any]) -> None:
-    s = report["settings"]
-    print(f"\nfollow-up questions: {s['frames']} frames, {s['turns']} turns, "
-          f"{s['max_tokens']} answer tokens, ratio {s['ratio']}, {s['conversations']} "
-          f"conversation(s) per method, model {report['model']['served_name']}")
-    print(table(report))
-    print("checks: " + ", ".join(f"{k}={v}" for k, v in report["checks"].items()
-                                  if not isinstance(v, list)))
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """followup.png: TTFT per turn (log scale) and the prefix-cache hit share per turn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = report["settings"]
-    methods, n = s["methods"], s["turns"]
-    cells = {(c["method"], c["turn"]): c for c in report["cells"]}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        xs = [k + (i - (len(methods) - 1) / 2) * width for k in range(1, n + 1)]
-        ttft = [cells[(m, k)]["ttft_median_s"] or 0.0 for k in range(1, n + 1)]
-        rate = [cells[(m, k)]["prefix_hit_rate"] or 0.0 for k in range(1, n + 1)]
-        kw = {"width": width, "color": COLORS.get(m), "label": LABELS.get(m, m)}
-        axes[0].bar(xs, ttft, **kw)
-        axes[1].bar(xs, rate, **kw)
-    axes[0].set_yscale("log")
-    axes[0].set_title("TTFT per turn, median, s (log)", fontsize=10)
-    axes[1].set_title("prefix-cache hits / queried prompt tokens", fontsize=10)
-    axes[1].set_ylim(0, 1)
-    for ax in axes:
-        ax.set_xticks(range(1, n + 1))
-        ax.set_xticklabels([f"turn {k}" for k in range(1, n + 1)])
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-    load = report["loadavg"]
-    fig.suptitle(f"earlytom-serve, follow-up questions on one video: {s['frames']} frames, "
-                 f"retain ratio {s['ratio']}, {s['conversations']} conversation(s)/method "
-                 f"({report['model']['served_name']}; {report['machine']['logical_cpus']} shared "
-                 f"CPUs, 1-min load {load['min_1m']:.1f}-{load['max_1m']:.1f})", fontsize=10)
-    harness.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ import httpx
 from benchmarks.harness import (
     RESULTS,
     ROOT,
-    free_port,
     launch_serve,
     loadavg,
     machine_info,
@@ -54,6 +53,7 @@ from benchmarks.harness import (
     wait_ready,
     write_mp4,
 )
+from benchmarks.harness.serve import free_port
 
 FAKE_BACKEND = ROOT / "tests" / "server" / "frontend_fakes.py"
 CHAT = "/v1/chat/completions"

@@ -19,7 +19,6 @@ METHODS = ("earlytom", "post_encoder", "evs", "none")
 #: instrument the server and stay server-wide (``--hf-overrides``).
 REQUEST_KEYS = ("retain_ratio", "prune_layers", "tau", "max_window", "ema", "enabled",
                 "keep_last_middle", "method")
-MAX_PRUNE_LAYERS = 8  # the per-video plan row has room for this many
 
 
 class EarlyTomConfigError(ValueError):
@@ -36,7 +35,7 @@ class EarlyTomConfigError(ValueError):
         return EarlyTomConfigError(f"{prefix}.{self.field}" if self.field else prefix, self.problem)
 
 
-_MAX_INT = 2**31 - 1  # every integer setting travels in an int64 plan row; far below that
+_MAX_INT = 2**31 - 1  # far above any real frame count or window; keeps the arithmetic exact
 
 
 def _is_real(x: Any) -> bool:
@@ -81,9 +80,9 @@ def _check_bool(name: str, value: Any) -> bool:
 class EarlyTomConfig:
     """EarlyTom hyper-parameters (``docs/method.md`` section 5).
 
-    Defaults are the LLaVA-OneVision serving default: prune layers (10, 21, 23), tau 0.5,
-    max_window 6, ema 0.9, retain_ratio 0.1. A model family may bring other defaults
-    (``family_defaults``); the server-wide ``--hf-overrides`` and then the request override them.
+    The field defaults are method.md section 5's serving setting; each model family states its
+    own defaults (``earlytom_vllm.families``), then the server-wide ``--hf-overrides`` and the
+    request override them.
 
     Attributes:
         retain_ratio: share of a video's ``tokens_per_frame * T`` tokens kept, in (0, 1].
@@ -136,9 +135,6 @@ class EarlyTomConfig:
                                       f"must be a list of layer indices, got {layers!r}")
         if len(layers) == 0:
             raise EarlyTomConfigError("prune_layers", "must name at least one layer")
-        if len(layers) > MAX_PRUNE_LAYERS:
-            raise EarlyTomConfigError("prune_layers",
-                                      f"may name at most {MAX_PRUNE_LAYERS} layers")
         checked = tuple(_check_int("prune_layers", v, 0) for v in layers)
         if any(b <= a for a, b in itertools.pairwise(checked)):
             raise EarlyTomConfigError(

@@ -3,7 +3,7 @@
 Per instance and reversible: :func:`apply_earlytom` replaces the instance's ``get_video_features``
 (an instance attribute shadowing the class method; nothing global is patched) with one that runs
 the shared core loop over transformers' own SigLIP modules; :func:`remove_earlytom` restores it.
-Because the LLM sees ``video_rows(T, config, 196, 1)`` tokens per video (the budget plus the
+Because the LLM sees ``FAMILY.rows(T, config, 196)`` tokens per video (the budget plus the
 newline), the prompt must carry that many video placeholders: :func:`shrink_video_placeholders`
 rewrites processor outputs accordingly.
 """
@@ -18,9 +18,7 @@ import torch
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
 from earlytom_vllm.core.attention import pool_received
-from earlytom_vllm.plan import video_rows
-
-NEWLINE_ROWS = 1  # LLaVA-OneVision appends one image_newline per video
+from earlytom_vllm.families.llava_onevision import FAMILY
 
 _ATTR = "_earlytom"
 
@@ -133,7 +131,7 @@ def shrink_video_placeholders(input_ids: torch.Tensor, video_token_id: int,
                               frames_per_video: list[int], config: EarlyTomConfig,
                               attention_mask: torch.Tensor | None = None, *,
                               tokens_per_frame: int):
-    """Rewrite a batch-of-one prompt so each video has ``video_rows(T, config, 196, 1)``
+    """Rewrite a batch-of-one prompt so each video has ``FAMILY.rows(T, config, 196)``
     placeholders.
 
     ``input_ids [1, L]`` with runs of ``tokens_per_frame*T + 1`` video tokens (as transformers'
@@ -155,8 +153,7 @@ def shrink_video_placeholders(input_ids: torch.Tensor, video_token_id: int,
             j += 1
         if v >= len(frames_per_video):
             raise ValueError("input_ids has more video placeholder runs than frames_per_video")
-        out.extend([video_token_id] * video_rows(frames_per_video[v], config, tokens_per_frame,
-                                                 NEWLINE_ROWS))
+        out.extend([video_token_id] * FAMILY.rows(frames_per_video[v], config, tokens_per_frame))
         v, i = v + 1, j
     if v != len(frames_per_video):
         raise ValueError(f"found {v} video placeholder runs, frames_per_video has {len(frames_per_video)}")

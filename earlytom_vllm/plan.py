@@ -1,11 +1,13 @@
-"""The per-video plan: everything the model needs to compress one video, as a row of integers.
+"""The per-video plan: everything the model needs to compress one video, as one typed value.
 
 A vLLM processor (API-server process) resolves each video's effective configuration (the model
 family's defaults, then ``hf_config.earlytom``, then the request's
-``mm_processor_kwargs["earlytom"]``), validates it, and ships this row to the model as a per-video
-integer field; the placeholder count is read back from the same row. The model decodes the same
-row, so the processor and the model cannot disagree on the count. Framework-free: plain Python and
-the core's counting function (no torch).
+``mm_processor_kwargs["earlytom"]``), validates it, and ships the plan to the model; the
+placeholder count is read back from the same plan. vLLM carries per-item data only as tensors, so
+the plan crosses as one int64 row: :meth:`VideoPlan.encode` writes it, :meth:`VideoPlan.decode`
+reads it back by field name (:data:`WIRE_FIELDS`), and nothing else touches the row. Decoding is
+cached by row, so a video's plan is decoded and validated once per process however many hooks
+ask for it. Framework-free: plain Python and the core's counting function.
 """
 
 from __future__ import annotations
@@ -13,36 +15,27 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
-from earlytom_vllm.config import MAX_PRUNE_LAYERS, METHODS, EarlyTomConfig
+from earlytom_vllm.config import METHODS, EarlyTomConfig
 from earlytom_vllm.core.budget import video_token_count
 
-
-def _f2i(x: float) -> int:
-    """A float's IEEE-754 bits as an int64, so it crosses an integer tensor exactly."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
-def _i2f(v: int) -> float:
-    return struct.unpack("<d", struct.pack("<q", int(v)))[0]
-
-
-_HEADER = 12
-PLAN_WIDTH = _HEADER + MAX_PRUNE_LAYERS
-_FLAGS = ("enabled", "keep_last_middle", "trace")
+#: Largest prune layer the row can carry (layers travel as bits of one int64).
+MAX_LAYER = 62
 
 
 def video_rows(num_frames: int, config: EarlyTomConfig, tokens_per_frame: int,
                extra_rows: int) -> int:
-    """Placeholder tokens (= embedding rows) of one video: the kept visual tokens plus the rows
-    the model family appends per video (LLaVA-OneVision: one newline; Qwen2.5-VL: none)."""
+    """Placeholder tokens (= embedding rows) of one video of ``num_frames`` encoder frames: the
+    core's count plus the rows the model family appends per video (LLaVA-OneVision: a newline)."""
     return video_token_count(num_frames, config, tokens_per_frame) + extra_rows
 
 
 @dataclass(frozen=True)
 class VideoPlan:
-    """One video's plan. ``tokens_per_frame`` and ``extra_rows`` come from the model family (for
-    Qwen2.5-VL ``tokens_per_frame`` depends on the video's resolution)."""
+    """One video's plan. ``num_frames`` counts encoder frames (Qwen: temporal slices);
+    ``tokens_per_frame`` and ``extra_rows`` come from the model family (for the Qwen families
+    ``tokens_per_frame`` depends on the video's resolution)."""
 
     num_frames: int
     tokens_per_frame: int
@@ -53,49 +46,69 @@ class VideoPlan:
     def rows(self) -> int:
         return video_rows(self.num_frames, self.config, self.tokens_per_frame, self.extra_rows)
 
-    @property
-    def kept_tokens(self) -> int:
-        """Visual tokens the encoder returns (rows without the family's extra rows)."""
-        return self.rows - self.extra_rows
-
     def encode(self) -> list[int]:
-        c = self.config
-        layers = list(c.prune_layers) + [-1] * (MAX_PRUNE_LAYERS - len(c.prune_layers))
-        flags = sum(int(getattr(c, name)) << bit for bit, name in enumerate(_FLAGS))
-        return [
-            self.num_frames,
-            self.tokens_per_frame,
-            self.extra_rows,
-            self.rows,
-            _f2i(c.retain_ratio),
-            flags,
-            METHODS.index(c.method),
-            c.max_window,
-            _f2i(c.tau),
-            _f2i(c.ema),
-            c.max_frames,
-            c.attention_chunk_frames,
-            *layers,
-        ]
+        """The int64 row that crosses vLLM's per-item tensors (:data:`WIRE_FIELDS` order)."""
+        wire = _to_wire(self)
+        return [wire[name] for name in WIRE_FIELDS]
 
-    @classmethod
-    def decode(cls, row: Sequence[int]) -> VideoPlan:
-        if len(row) != PLAN_WIDTH:
-            raise ValueError(f"plan row must have {PLAN_WIDTH} integers, got {len(row)}")
-        r = [int(v) for v in row]
-        flags = {name: bool(r[5] >> bit & 1) for bit, name in enumerate(_FLAGS)}
-        config = EarlyTomConfig(
-            retain_ratio=_i2f(r[4]),
-            prune_layers=tuple(v for v in r[_HEADER:] if v >= 0),
-            tau=_i2f(r[8]),
-            max_window=r[7],
-            ema=_i2f(r[9]),
-            method=METHODS[r[6]],
-            max_frames=r[10],
-            attention_chunk_frames=r[11],
-            **flags,
-        )
-        plan = cls(r[0], r[1], r[2], config)
-        if plan.rows != r[3]:
-            raise ValueError(f"plan rows {r[3]} disagree with the budget of {row}")
-        return plan
+    @staticmethod
+    def decode(row: Sequence[int]) -> VideoPlan:
+        """The plan of a row written by :meth:`encode` (validated; cached per row)."""
+        values = tuple(int(v) for v in row)
+        if len(values) != len(WIRE_FIELDS):
+            raise ValueError(f"plan row must have {len(WIRE_FIELDS)} integers, got {len(values)}")
+        return _decode(values)
+
+
+# -- the wire format ------------------------------------------------------------------------------
+
+def _f2i(x: float) -> int:
+    """A float's IEEE-754 bits as an int64, so it crosses an integer tensor exactly."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _i2f(v: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", int(v)))[0]
+
+
+_FLAGS = ("enabled", "keep_last_middle", "trace")
+_INTS = ("max_window", "max_frames", "attention_chunk_frames")
+_FLOATS = ("retain_ratio", "tau", "ema")
+#: The row's fields, in order.
+WIRE_FIELDS = ("num_frames", "tokens_per_frame", "extra_rows", "rows", "method", "flags",
+               "prune_layers", *_INTS, *_FLOATS)
+
+
+def _to_wire(plan: VideoPlan) -> dict[str, int]:
+    c = plan.config
+    if c.prune_layers[-1] > MAX_LAYER:
+        raise ValueError(f"prune layer {c.prune_layers[-1]} is beyond the plan's {MAX_LAYER}")
+    return {
+        "num_frames": plan.num_frames,
+        "tokens_per_frame": plan.tokens_per_frame,
+        "extra_rows": plan.extra_rows,
+        "rows": plan.rows,  # checked on decode: the count both sides obey
+        "method": METHODS.index(c.method),
+        "flags": sum(int(getattr(c, name)) << bit for bit, name in enumerate(_FLAGS)),
+        "prune_layers": sum(1 << layer for layer in c.prune_layers),  # strictly increasing set
+        **{name: getattr(c, name) for name in _INTS},
+        **{name: _f2i(getattr(c, name)) for name in _FLOATS},
+    }
+
+
+@lru_cache(maxsize=4096)
+def _decode(values: tuple[int, ...]) -> VideoPlan:
+    w = dict(zip(WIRE_FIELDS, values, strict=True))
+    if not 0 <= w["method"] < len(METHODS) or w["prune_layers"] <= 0:
+        raise ValueError(f"not a plan row: {values}")
+    config = EarlyTomConfig(
+        method=METHODS[w["method"]],
+        prune_layers=tuple(i for i in range(MAX_LAYER + 1) if w["prune_layers"] >> i & 1),
+        **{name: bool(w["flags"] >> bit & 1) for bit, name in enumerate(_FLAGS)},
+        **{name: w[name] for name in _INTS},
+        **{name: _i2f(w[name]) for name in _FLOATS},
+    )
+    plan = VideoPlan(w["num_frames"], w["tokens_per_frame"], w["extra_rows"], config)
+    if plan.rows != w["rows"]:
+        raise ValueError(f"plan rows {w['rows']} disagree with the budget of {values}")
+    return plan

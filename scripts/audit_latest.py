@@ -2,7 +2,7 @@
 cannot run.
 
 pip-audit asks PyPI for ``/pypi/<name>/<version>/json``; where that per-release endpoint is not
-served (a package mirror; RELIABILITY.md shows the evidence) every package is skipped. PyPI's
+served (a package mirror; docs/reliability.md shows the evidence) every package is skipped. PyPI's
 project endpoint ``/pypi/<name>/json`` still lists the known vulnerabilities of the LATEST
 release, each with the versions that fix it. So for every installed distribution that IS the
 latest release this is PyPI's own answer; the others are listed as not checkable here.

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from earlytom_server.settings import DEFAULT_HOME, Settings
+from earlytom_vllm.config import METHODS
 
 log = logging.getLogger("earlytom_server.cli")
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compression":
             group.add_argument("--retain-ratio", type=float,
                                help="share of video tokens kept, in (0, 1] (compression field)")
-            group.add_argument("--method", choices=["earlytom", "post_encoder", "evs", "none"],
+            group.add_argument("--method", choices=list(METHODS),
                                help="compression method (compression field)")
             group.add_argument("--no-compression", action="store_true",
                                help="compression enabled = false")

@@ -90,7 +90,8 @@ class FrontEnd:
             max_in_flight=settings.max_in_flight,
             backend_max_in_flight=settings.backend_max_in_flight,
         )
-        self.media = MediaProcessor(MediaPolicy.from_settings(settings))
+        self.media = MediaProcessor(MediaPolicy.from_settings(settings),
+                                    vllm_version=self.pool.vllm_version)
         self.prepare = Preparer(settings, self.media)
         self.supervisor: BackendSupervisor | None = None
         if settings.spawns_backend:

@@ -35,7 +35,7 @@ import io
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,8 @@ from earlytom_server.media_sources import (  # MediaError, MediaPolicy: this mod
     file_url,
     is_inside,
 )
+from earlytom_server.vllm_rules import DEFAULT as DEFAULT_RULES
+from earlytom_server.vllm_rules import EngineRules, rules_for
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -141,13 +143,14 @@ def _too_large(width: int, height: int, max_pixels: int, what: str, param: str |
 
 
 def check_video(data: bytes, *, num_frames: int, max_frames: int, max_pixels: int,
-                param: str | None = None) -> engine_video.VideoProbe:
+                param: str | None = None, rules: EngineRules = DEFAULT_RULES
+                ) -> engine_video.VideoProbe:
     """What the engine's loader gets from ``data``, or :class:`MediaError` where it gets less
     than a whole video. A probe with no valid frame but a sequential decode that works is
     returned as is (the caller re-encodes it)."""
     try:
         probe = engine_video.probe_video(data, num_frames=num_frames, max_frames=max_frames,
-                                         max_pixels=max_pixels)
+                                         max_pixels=max_pixels, count_frames=rules.count_frames)
     except MediaError:
         raise
     except Exception as exc:  # cv2.error and whatever a hostile container makes OpenCV raise
@@ -177,11 +180,12 @@ def check_video(data: bytes, *, num_frames: int, max_frames: int, max_pixels: in
 
 
 def inspect_video_bytes(data: bytes, *, num_frames: int, max_frames: int,
-                        max_pixels: int = 4096 * 4096, param: str | None = None
-                        ) -> tuple[int, str | None]:
-    """(frames the engine encodes, a frame-list data URL to forward instead, or None)."""
+                        max_pixels: int = 4096 * 4096, param: str | None = None,
+                        rules: EngineRules = DEFAULT_RULES) -> tuple[int, str | None]:
+    """(frames the engine encodes, a frame-list data URL to forward instead, or None), by the
+    rules of the engine's vLLM release."""
     probe = check_video(data, num_frames=num_frames, max_frames=max_frames,
-                        max_pixels=max_pixels, param=param)
+                        max_pixels=max_pixels, param=param, rules=rules)
     if probe.frames:
         return probe.frames, None
     try:
@@ -214,8 +218,8 @@ def _bgr_to_image(frame: Any) -> Image.Image:
     return Image.fromarray(frame[:, :, ::-1].copy())
 
 
-def decode_image(data: bytes, *, param: str | None = None, max_pixels: int = 4096 * 4096
-                 ) -> Image.Image:
+def decode_image(data: bytes, *, param: str | None = None, max_pixels: int = 4096 * 4096,
+                 rules: EngineRules = DEFAULT_RULES) -> Image.Image:
     """The image as the engine loads it (``ImageMediaIO.load_bytes``: PIL, EXIF orientation,
     RGB), or :class:`MediaError`. The size is checked before the pixels are decoded."""
     from PIL import Image, ImageOps
@@ -230,24 +234,12 @@ def decode_image(data: bytes, *, param: str | None = None, max_pixels: int = 409
         with contextlib.suppress(Exception):  # vLLM ignores a broken EXIF block too
             img = ImageOps.exif_transpose(img) or img
         img.load()
-        return img if img.mode == "RGB" else _to_rgb(img)
+        return rules.to_rgb(img)
     except MediaError:
         raise
     except Exception:  # OSError, SyntaxError, struct.error, ValueError, ... from PIL's plugins
         raise MediaError("not a decodable image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)",
                          param=param, code="invalid_image") from None
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """vLLM's ``convert_image_mode(img, "RGB")``: transparency over a white background."""
-    from PIL import Image
-
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.split()[3])
-        return out
-    return img.convert("RGB")
 
 
 def frames_to_jpeg_video(frames: Sequence[Image.Image]) -> str:
@@ -273,9 +265,16 @@ def frames_to_jpeg_video(frames: Sequence[Image.Image]) -> str:
 class MediaProcessor(MediaSources):
     """Checks and rewrites media URLs for the backend (async; decoding runs in threads)."""
 
-    def __init__(self, policy: MediaPolicy) -> None:
+    def __init__(self, policy: MediaPolicy, *,
+                 vllm_version: Callable[[], str | None] | None = None) -> None:
         super().__init__(policy)
+        self._vllm_version = vllm_version  # the backends' vLLM (BackendPool.vllm_version)
         self._limiter = anyio.CapacityLimiter(policy.max_concurrent_decodes)
+
+    @property
+    def rules(self) -> EngineRules:
+        """The media rules of the backends' vLLM release (server/vllm_rules.py)."""
+        return rules_for(self._vllm_version() if self._vllm_version else None)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(
@@ -287,7 +286,7 @@ class MediaProcessor(MediaSources):
         p = self.policy
         frames, replacement = inspect_video_bytes(
             data, num_frames=p.num_frames, max_frames=p.max_video_frames,
-            max_pixels=p.max_pixels, param=param)
+            max_pixels=p.max_pixels, param=param, rules=self.rules)
         return frames, replacement, media_digest(data)
 
     async def video(self, url: str, *, param: str | None = None) -> PreparedVideo:
@@ -356,7 +355,7 @@ class MediaProcessor(MediaSources):
         max_pixels = self.policy.max_pixels
 
         def work() -> tuple[str, str]:
-            images = [decode_image(b, param=pr, max_pixels=max_pixels)
+            images = [decode_image(b, param=pr, max_pixels=max_pixels, rules=self.rules)
                       for b, pr in zip(blobs, params, strict=True)]
             return frames_to_jpeg_video(images), media_digest(*blobs)
 
@@ -409,13 +408,15 @@ class MediaProcessor(MediaSources):
             path = self.local_path(url, param=param, limit=self.policy.max_image_bytes,
                                    what="image")
             data = await self._read(path, param=param, what="image")
-            await self._run(decode_image, data, param=param, max_pixels=max_pixels)
+            await self._run(decode_image, data, param=param, max_pixels=max_pixels,
+                            rules=self.rules)
             if self._backend_dir is not None and is_inside(path, self._backend_dir):
                 return file_url(path)
             mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
             return f"data:{mime};base64,{base64.b64encode(data).decode()}"
         data = await self.image_bytes(url, param=param)
-        await self._run(decode_image, data, param=param, max_pixels=max_pixels)
+        await self._run(decode_image, data, param=param, max_pixels=max_pixels,
+                            rules=self.rules)
         if scheme == "data":
             return url
         mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"

@@ -118,8 +118,6 @@ def vllm_version() -> str:
 TTFT_BUCKETS = vllm_buckets("time_to_first_token", _OWN_TTFT_BUCKETS)
 #: vLLM 0.32's ``vllm:e2e_request_latency_seconds`` buckets.
 LATENCY_BUCKETS = vllm_buckets("request_latency", _OWN_LATENCY_BUCKETS)
-#: Kept for callers of the old name: whole requests use the end-to-end buckets.
-DURATION_BUCKETS = LATENCY_BUCKETS
 
 #: The model label, named as vLLM names it.
 MODEL = "model_name"

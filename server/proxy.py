@@ -29,6 +29,7 @@ import httpx
 
 from earlytom_server.errors import REQUEST_ID, APIError, normalize_error_body
 from earlytom_server.metrics import Metrics
+from earlytom_server.vllm_rules import release_of
 
 log = logging.getLogger("earlytom_server.proxy")
 
@@ -42,6 +43,7 @@ class Backend:
     models: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = "not checked yet"
     last_ok: float | None = None
+    vllm_version: str | None = None  # its GET /version, read when it becomes ready
 
     @property
     def model_ids(self) -> list[str]:
@@ -172,8 +174,28 @@ class BackendPool:
             self.set_health(backend, False, _describe(exc))
             return False
         backend.models = models
+        if not backend.healthy:
+            backend.vllm_version = await self._read_version(backend)
         self.set_health(backend, True)
         return True
+
+    async def _read_version(self, backend: Backend) -> str | None:
+        """The backend's vLLM version (``GET /version``), or None where it does not say: the
+        media rules the front end mirrors depend on it (server/vllm_rules.py)."""
+        try:
+            r = await self.client.get(f"{backend.url}/version", headers=self.headers(),
+                                      timeout=self.health_timeout)
+            version = r.json().get("version") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return version if isinstance(version, str) else None
+
+    def vllm_version(self) -> str | None:
+        """The vLLM version of the ready backends (the oldest where they differ), None until
+        one has told it."""
+        known = [b.vllm_version for b in self.backends if b.healthy and b.vllm_version]
+        known = [v for v in known if release_of(v) is not None]
+        return min(known, key=release_of) if known else None
 
     def set_health(self, backend: Backend, healthy: bool, error: str | None = None) -> None:
         was = backend.healthy

@@ -6,7 +6,8 @@ streaming switches, the usual sampling numbers so that wrong types fail fast wit
 
 The ``earlytom`` extension (request body, next to ``messages``)::
 
-    "earlytom": {"retain_ratio": 0.15}           # the per-request settings (config.REQUEST_KEYS)
+    "earlytom": {"retain_ratio": 0.15}           # a per-request key (config.REQUEST_KEYS),
+                                                 # validated here; server-wide ones are a 400
     "earlytom": {"enabled": false}               # this request uncompressed
     "earlytom": {"frames_as_video": true}        # the request's image_url parts are frames of ONE
                                                  # video (what lmms-eval's openai backend sends);
@@ -42,7 +43,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from earlytom_vllm.config import _MAX_INT, MAX_PRUNE_LAYERS, METHODS
+from earlytom_vllm.config import _MAX_INT, METHODS
 
 #: A JSON number (an integer is one too), never a string or a boolean.
 Number = Annotated[float, Field(strict=True)]
@@ -166,7 +167,7 @@ EARLYTOM_SCHEMA: dict[str, Any] = {
     "properties": {
         "retain_ratio": {**_unit(lo_open=True), "description": "share of a video's tokens kept"},
         "prune_layers": {
-            "type": "array", "minItems": 1, "maxItems": MAX_PRUNE_LAYERS, "uniqueItems": True,
+            "type": "array", "minItems": 1, "uniqueItems": True,
             "items": {"type": "integer", "minimum": 0, "maximum": _MAX_INT},
             "description": "encoder layers after which frames merge, strictly increasing; the "
             "last must exist in the model's vision encoder (else 400)"},

@@ -56,7 +56,7 @@ def tame_malloc() -> bool:
     which request bodies and decoded media of a few MiB come from the heap and stay in the
     process after they are freed: a burst of uploads then leaves the RSS at its peak, far above
     what is alive (measured: 8 x 16 MiB uploads through a 32 MiB budget took the front end from
-    58 to 433 MiB; fixed, see RELIABILITY.md). A fixed threshold also stops the adjustment."""
+    58 to 433 MiB; fixed, see docs/reliability.md). A fixed threshold also stops the adjustment."""
     try:
         import ctypes
 

@@ -32,7 +32,6 @@ from earlytom_server.settings import TINY_MODEL_NAME, Settings
 
 log = logging.getLogger("earlytom_server.supervisor")
 
-ARCHITECTURE = "EarlyTomLlavaOnevisionForConditionalGeneration"  # the default family
 MAX_START_FAILURES = 3
 
 CommandFactory = Callable[[int], Sequence[str]]
@@ -79,21 +78,12 @@ def checkpoint_config(model: str) -> dict[str, Any]:
 
 
 def earlytom_architecture(model: str | None) -> str:
-    """The EarlyTom architecture serving ``model``: the one whose vLLM base class the
-    checkpoint's ``architectures`` names (Qwen2.5-VL or LLaVA-OneVision, which also serves
-    LLaVA-Video); LLaVA-OneVision when the config is unknown."""
-    from earlytom_vllm.vllm.plugin import BASE_ARCHITECTURES, QWEN2_5_VL_ARCHITECTURE
+    """The EarlyTom architecture serving ``model``: the family registry's answer for the
+    checkpoint's config (its ``architectures``, then its ``model_type``); the default family's
+    when the config is unknown."""
+    from earlytom_vllm.families import architecture_for_config
 
-    if not model:
-        return ARCHITECTURE
-    config = checkpoint_config(model)
-    named = set(config.get("architectures") or [])
-    for earlytom, base in BASE_ARCHITECTURES.items():
-        if base in named or earlytom in named:
-            return earlytom
-    if config.get("model_type") == "qwen2_5_vl":
-        return QWEN2_5_VL_ARCHITECTURE
-    return ARCHITECTURE
+    return architecture_for_config(checkpoint_config(model) if model else {})
 
 
 def hf_overrides(settings: Settings, model: str | None = None) -> dict[str, Any] | None:

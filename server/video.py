@@ -1,4 +1,5 @@
-"""What a video is, as vLLM 0.32's default (OpenCV) video loader sees it, without importing vLLM.
+"""What a video is, as vLLM 0.32's default (OpenCV) video loader sees it, without importing vLLM
+(0.33 and 0.34 count frames differently: ``server/vllm_rules.py``).
 
 The engine decodes a ``video/mp4``-style video from memory with
 ``vllm.multimodal.video_decoders.opencv`` and samples it with
@@ -29,6 +30,7 @@ vLLM's frame-list form (``data:video/jpeg;base64,<f1>,...``), which the engine r
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -142,10 +144,12 @@ class VideoProbe:
         return len(self.valid)
 
 
-def probe_video(data: bytes, *, num_frames: int, max_frames: int, max_pixels: int) -> VideoProbe:
+def probe_video(data: bytes, *, num_frames: int, max_frames: int, max_pixels: int,
+                count_frames: Callable[[Any, bytes], int] | None = None) -> VideoProbe:
     """Run the engine's loader on ``data`` without keeping frames. Stops before decoding when the
     frame size exceeds ``max_pixels`` or the count exceeds ``max_frames`` (``valid`` is then
-    empty and ``total``/``width``/``height`` say why)."""
+    empty and ``total``/``width``/``height`` say why). ``count_frames(cap, data)`` is the engine
+    release's count (``server/vllm_rules.py``; default: 0.32's, :func:`frame_count`)."""
     import cv2
 
     cap = open_capture(data)
@@ -156,7 +160,7 @@ def probe_video(data: bytes, *, num_frames: int, max_frames: int, max_pixels: in
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         if width <= 0 or height <= 0 or width * height > max_pixels:
             return VideoProbe(opened=True, width=width, height=height)
-        total = frame_count(cap)
+        total = count_frames(cap, data) if count_frames else frame_count(cap)
         if total > max_frames:
             return VideoProbe(opened=True, width=width, height=height, total=total)
         indices = sample_indices(total, num_frames)

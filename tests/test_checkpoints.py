@@ -23,13 +23,22 @@ import pytest
 import torch
 
 from earlytom_vllm import checkpoints as ck
-from earlytom_vllm.checkpoints import (
-    build_checkpoint,
-    ensure_checkpoint,
-    ensure_tiny_checkpoint,
-    from_hub_key,
-    to_hub_key,
-)
+from earlytom_vllm.checkpoints import ensure_tiny_checkpoint
+from earlytom_vllm.checkpoints import llava_onevision as recipe
+from earlytom_vllm.checkpoints.llava_onevision import from_hub_key, to_hub_key
+from earlytom_vllm.families import get
+
+FAMILY = get("llava_onevision")
+CHECKPOINT_NAME = FAMILY.checkpoint.name
+
+
+def build_checkpoint(path, **sizes):
+    return ck.build(FAMILY, path, **sizes)
+
+
+def ensure_checkpoint(cache_dir=None, **sizes):
+    return ck.ensure(FAMILY, cache_dir, **sizes)
+
 
 TOKENS_PER_FRAME = 196
 SMALL = {
@@ -135,7 +144,7 @@ def test_build_rejects_bad_arguments(tmp_path):
 def test_ensure_checkpoint_caches(tmp_path, monkeypatch):
     p = ensure_checkpoint(tmp_path, **SMALL)
     assert p.parent == tmp_path
-    assert p.name.startswith(f"{ck.CHECKPOINT_NAME}-")
+    assert p.name.startswith(f"{CHECKPOINT_NAME}-")
     assert (p / "model.safetensors").is_file()
     # No temporary directories left behind.
     assert [q.name for q in tmp_path.iterdir()] == [p.name]
@@ -144,14 +153,14 @@ def test_ensure_checkpoint_caches(tmp_path, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt a cached checkpoint")
 
-    monkeypatch.setattr(ck, "build_checkpoint", no_build)
+    monkeypatch.setattr(ck, "build", no_build)
     assert ensure_checkpoint(tmp_path, **SMALL, seed=0, dtype="float32") == p
     monkeypatch.undo()
 
     # Any argument, the seed included, changes the key.
-    assert ck.checkpoint_key(**SMALL) != ck.checkpoint_key(**SMALL, seed=1)
-    assert ck.checkpoint_key(**SMALL) != ck.checkpoint_key(**{**SMALL, "text_layers": 2})
-    assert ck.checkpoint_key() == ck.checkpoint_key(vision_layers=26)
+    assert ck.checkpoint_key(FAMILY, **SMALL) != ck.checkpoint_key(FAMILY, **SMALL, seed=1)
+    assert ck.checkpoint_key(FAMILY, **SMALL) != ck.checkpoint_key(FAMILY, **{**SMALL, "text_layers": 2})
+    assert ck.checkpoint_key(FAMILY) == ck.checkpoint_key(FAMILY, vision_layers=26)
 
 
 def test_ensure_checkpoint_default_location(tiny):
@@ -163,44 +172,44 @@ def test_ensure_checkpoint_default_location(tiny):
 
 def test_ensure_checkpoint_loser_of_a_race_uses_the_winner(tmp_path, monkeypatch):
     winner = build_checkpoint(tmp_path / "winner", **SMALL)
-    real_build = ck.build_checkpoint
-    target = tmp_path / f"{ck.CHECKPOINT_NAME}-{ck.checkpoint_key(**SMALL)}"
+    real_build = ck.build
+    target = tmp_path / f"{CHECKPOINT_NAME}-{ck.checkpoint_key(FAMILY, **SMALL)}"
 
-    def build_then_lose(path, **kwargs):
-        real_build(path, **kwargs)
+    def build_then_lose(family, path, **kwargs):
+        real_build(family, path, **kwargs)
         # Another process finishes first and renames its complete build into place.
         other = tmp_path / "other"
         shutil.copytree(winner, other)
-        (other / ck._COMPLETE_MARKER).write_text("{}")
+        (other / ck.COMPLETE_MARKER).write_text("{}")
         os.rename(other, target)
         return Path(path)
 
-    monkeypatch.setattr(ck, "build_checkpoint", build_then_lose)
+    monkeypatch.setattr(ck, "build", build_then_lose)
     assert ensure_checkpoint(tmp_path, **SMALL) == target
-    assert (target / ck._COMPLETE_MARKER).read_text() == "{}"  # the winner's copy was kept
+    assert (target / ck.COMPLETE_MARKER).read_text() == "{}"  # the winner's copy was kept
     assert sorted(q.name for q in tmp_path.iterdir()) == sorted(["winner", target.name])
 
 
 def test_ensure_checkpoint_replaces_an_incomplete_directory(tmp_path):
-    target = tmp_path / f"{ck.CHECKPOINT_NAME}-{ck.checkpoint_key(**SMALL)}"
+    target = tmp_path / f"{CHECKPOINT_NAME}-{ck.checkpoint_key(FAMILY, **SMALL)}"
     target.mkdir()
     (target / "config.json").write_text("{}")
     assert ensure_checkpoint(tmp_path, **SMALL) == target
-    assert (target / ck._COMPLETE_MARKER).is_file()
+    assert (target / ck.COMPLETE_MARKER).is_file()
     assert (target / "model.safetensors").is_file()
     assert [q.name for q in tmp_path.iterdir()] == [target.name]
 
 
 def test_ensure_checkpoint_concurrent_threads(tmp_path, monkeypatch):
     """Racing threads share one build (processes race on the rename, tested above)."""
-    real_build = ck.build_checkpoint
+    real_build = ck.build
     builds: list[Path] = []
 
-    def counting_build(path, **kwargs):
+    def counting_build(family, path, **kwargs):
         builds.append(Path(path))
-        return real_build(path, **kwargs)
+        return real_build(family, path, **kwargs)
 
-    monkeypatch.setattr(ck, "build_checkpoint", counting_build)
+    monkeypatch.setattr(ck, "build", counting_build)
     barrier = threading.Barrier(3)
     results: list[Path] = []
     errors: list[BaseException] = []
@@ -239,7 +248,7 @@ def test_config_geometry(tiny):
     v = cfg.vision_config
     assert v.model_type == "siglip_vision_model"
     assert (v.image_size, v.patch_size) == (384, 14)
-    assert (v.image_size // v.patch_size) ** 2 == 27 * 27 == ck.NUM_IMAGE_TOKENS
+    assert (v.image_size // v.patch_size) ** 2 == 27 * 27 == recipe.NUM_IMAGE_TOKENS
     assert v.num_hidden_layers == 26 >= 24  # EarlyTom's default prune layers (10, 21, 23)
     assert v.vision_use_head is False
     assert v.hidden_size // v.num_attention_heads == 32
@@ -250,7 +259,7 @@ def test_config_geometry(tiny):
     assert t.max_position_embeddings >= 8192
     assert cfg.vision_feature_select_strategy == "full"
     assert cfg.vision_feature_layer == -1
-    assert cfg.image_grid_pinpoints == ck.IMAGE_GRID_PINPOINTS
+    assert cfg.image_grid_pinpoints == recipe.IMAGE_GRID_PINPOINTS
     assert cfg.tie_word_embeddings and t.tie_word_embeddings
 
     pcfg = json.loads((tiny / "processor_config.json").read_text())
@@ -260,7 +269,7 @@ def test_config_geometry(tiny):
         assert pcfg[key]["image_mean"] == [0.5, 0.5, 0.5]
         assert pcfg[key]["image_std"] == [0.5, 0.5, 0.5]
         assert pcfg[key]["size"] == {"height": 384, "width": 384}
-    assert pcfg["image_processor"]["image_grid_pinpoints"] == ck.IMAGE_GRID_PINPOINTS
+    assert pcfg["image_processor"]["image_grid_pinpoints"] == recipe.IMAGE_GRID_PINPOINTS
 
 
 def test_tokenizer_special_tokens(tiny):
@@ -272,8 +281,8 @@ def test_tokenizer_special_tokens(tiny):
     assert tok.convert_tokens_to_ids("<image>") == cfg.image_token_index
     assert tok.convert_tokens_to_ids("<video>") == cfg.video_token_index
     assert cfg.image_token_index != cfg.video_token_index
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ck.SPECIAL_TOKENS}
-    assert len(set(ids.values())) == len(ck.SPECIAL_TOKENS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in recipe.SPECIAL_TOKENS}
+    assert len(set(ids.values())) == len(recipe.SPECIAL_TOKENS)
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok.bos_token is None
     assert cfg.text_config.eos_token_id == ids["<|im_end|>"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from earlytom_vllm import checkpoints as ck
+from earlytom_vllm.families import get
 
 SMALL = {"vision_layers": 8, "text_layers": 1, "text_intermediate": 64,
          "vision_intermediate": 64}
@@ -22,7 +23,7 @@ def _digests(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_qwen() -> Path:
-    return ck.ensure_qwen_checkpoint()
+    return ck.ensure("qwen2_5_vl")
 
 
 def test_llava_onevision_keys_are_unchanged():
@@ -30,35 +31,36 @@ def test_llava_onevision_keys_are_unchanged():
     builder shared the cache code (existing caches stay valid)."""
     assert ck.checkpoint_key() == "ed0ed72e73ccd5c4"
     assert ck.checkpoint_key(vision_layers=2) == "3df0857e2313403b"
-    assert ck.qwen_checkpoint_key() != ck.checkpoint_key()
+    assert ck.checkpoint_key("qwen2_5_vl") != ck.checkpoint_key()
 
 
 def test_qwen_build_is_deterministic_and_cached(tmp_path, monkeypatch):
-    a = ck.build_qwen_checkpoint(tmp_path / "a", **SMALL)
-    b = ck.build_qwen_checkpoint(tmp_path / "b", **SMALL)
+    a = ck.build("qwen2_5_vl", tmp_path / "a", **SMALL)
+    b = ck.build("qwen2_5_vl", tmp_path / "b", **SMALL)
     assert _digests(a) == _digests(b)
-    assert _digests(ck.build_qwen_checkpoint(tmp_path / "c", **SMALL, seed=1))[
+    assert _digests(ck.build("qwen2_5_vl", tmp_path / "c", **SMALL, seed=1))[
         "model.safetensors"] != _digests(a)["model.safetensors"]
-    p = ck.ensure_qwen_checkpoint(tmp_path / "cache", **SMALL)
-    assert p.name == f"{ck.QWEN_CHECKPOINT_NAME}-{ck.qwen_checkpoint_key(**SMALL)}"
+    p = ck.ensure("qwen2_5_vl", tmp_path / "cache", **SMALL)
+    name = get("qwen2_5_vl").checkpoint.name
+    assert p.name == f"{name}-{ck.checkpoint_key('qwen2_5_vl', **SMALL)}"
     assert _digests(p).items() >= _digests(a).items()
-    marker = json.loads((p / ck._COMPLETE_MARKER).read_text())
+    marker = json.loads((p / ck.COMPLETE_MARKER).read_text())
     assert marker["family"] == "qwen2_5_vl" and marker["args"]["vision_layers"] == 8
 
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt a cached checkpoint")
 
-    monkeypatch.setattr(ck, "build_qwen_checkpoint", no_build)
-    assert ck.ensure_qwen_checkpoint(tmp_path / "cache", **SMALL, seed=0) == p
+    monkeypatch.setattr(ck, "build", no_build)
+    assert ck.ensure("qwen2_5_vl", tmp_path / "cache", **SMALL, seed=0) == p
 
 
 def test_qwen_build_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
-        ck.build_qwen_checkpoint(tmp_path / "x", text_hidden=96, text_heads=4)  # heads of 24
+        ck.build("qwen2_5_vl", tmp_path / "x", text_hidden=96, text_heads=4)  # heads of 24
     with pytest.raises(ValueError, match="multiple of 16"):
-        ck.build_qwen_checkpoint(tmp_path / "x", vision_hidden=72, vision_heads=3)
+        ck.build("qwen2_5_vl", tmp_path / "x", vision_hidden=72, vision_heads=3)
     with pytest.raises(TypeError, match="unknown"):
-        ck.ensure_qwen_checkpoint(tmp_path, window=3)
+        ck.ensure("qwen2_5_vl", tmp_path, window=3)
 
 
 def test_qwen_geometry_tokenizer_and_template(tiny_qwen):
@@ -94,6 +96,6 @@ def test_qwen_geometry_tokenizer_and_template(tiny_qwen):
 
 
 def test_benchmark_sizes_are_valid_arguments():
-    resolved = ck._QWEN.resolve(ck.QWEN_BENCHMARK_SIZES)
+    resolved = ck.sizes("qwen2_5_vl", bench=True)
     assert resolved["vision_layers"] == 32  # the real depth and full-attention blocks
-    assert ck.qwen_checkpoint_key(**ck.QWEN_BENCHMARK_SIZES) != ck.qwen_checkpoint_key()
+    assert ck.checkpoint_key("qwen2_5_vl", **get("qwen2_5_vl").checkpoint.bench_sizes) != ck.checkpoint_key("qwen2_5_vl")

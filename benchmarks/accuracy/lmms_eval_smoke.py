@@ -21,7 +21,7 @@ the launcher adds ``"earlytom": {"frames_as_video": true, ...}`` (the plain run 
 server's ``--frames-as-video`` applies); the engine's ``/metrics`` (vLLM's, behind the front end;
 ``/health`` names it) must then show exactly ``6 * (budget(8, r) + 1)`` visual tokens after
 compression (``6 * (8 x tokens per frame + 1)`` before, the counts of
-:func:`benchmarks.harness.expected_rows`) for the run: the frames arrived as one video per question
+:func:`benchmarks.harness.families.expected_rows`) for the run: the frames arrived as one video per question
 and were compressed to the budget. Accuracy comes from lmms-eval's own results file (random weights: near
 chance or below). Writes ``benchmarks/results/accuracy_smoke_lmms_eval.json``.
 """
@@ -45,10 +45,13 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from benchmarks import harness
 from benchmarks.accuracy.smoke_set import DEFAULT_SET, load_set, question_text, render_video
+from benchmarks.harness import families
 
 ROOT = harness.ROOT
 SERVER_RATIO = 0.10  # earlytom-serve --retain-ratio: what a request without the field gets
 DEFAULT_JSON = harness.RESULTS / "accuracy_smoke_lmms_eval.json"
+#: The family earlytom-serve serves by default (its tiny checkpoint is the served model).
+FAMILY = families.get(families.DEFAULT)
 COUNTERS = ("earlytom_visual_tokens_before_total", "earlytom_visual_tokens_after_total")
 #: (name, launcher options or None for plain lmms-eval, ratio). The server runs with
 #: --frames-as-video and the default ratio, so the plain run needs no launcher at all.
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         harness.wait_ready(server, 600, "none")
         model = harness.served_model(server.url, "none")
         backends = harness.backend_urls(server.url, "none")
-        per_frame = harness.model_tokens_per_frame(harness.checkpoint(harness.TINY_SIZES)[0])
+        tiny, _ = families.checkpoint(FAMILY, families.sizes(FAMILY, quick=True))
+        per_frame = families.model_tokens_per_frame(FAMILY, tiny)
         for name, opts, ratio in RUNS:
             before = metric_totals(backends)
             out_dir = workdir / "out" / name
@@ -184,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = json.loads(Path(found[-1]).read_text())["results"]["earlytom_smoke"]
                 accuracy = next(v for k, v in res.items() if k.startswith("accuracy")
                                 and not k.startswith("accuracy_stderr"))
-            exp_before = n * harness.expected_rows("none", None, frames, per_frame)
-            exp_after = n * harness.expected_rows("earlytom", ratio, frames, per_frame)
+            exp_before = n * families.expected_rows(FAMILY, "none", None, frames, per_frame)
+            exp_after = n * families.expected_rows(FAMILY, "earlytom", ratio, frames, per_frame)
             runs.append({
                 "run": name, "launcher_options": opts, "ratio": ratio, "exit": proc.returncode,
                 "seconds": seconds, "accuracy": accuracy,

@@ -19,7 +19,7 @@ What it does, per retain ratio (default 1.0, 0.25, 0.10), for every question of
 3. parses the answer letter (A-D) from the reply and scores accuracy;
 4. checks ``usage.prompt_tokens`` against the token budget: the video must take exactly
    ``budget(T, r) + 1`` tokens (``T x tokens per frame + 1`` at r = 1; the count of
-   :func:`benchmarks.harness.expected_rows`, tokens per frame from the checkpoint's config),
+   :func:`benchmarks.harness.families.expected_rows`, tokens per frame from the checkpoint's config),
    i.e. prompt tokens = text tokens + that,
    with the text tokens counted by the checkpoint's own tokenizer and chat template when the
    checkpoint is local (else inferred, and checked to be the same at every ratio).
@@ -52,8 +52,11 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 from benchmarks import harness
 from benchmarks.accuracy.lmms_eval_earlytom import earlytom_field, install_extra_body
 from benchmarks.accuracy.smoke_set import DEFAULT_SET, load_set, question_text, render_video
+from benchmarks.harness import families
 
 DEFAULT_JSON = harness.RESULTS / "accuracy_smoke.json"
+#: The family earlytom-serve serves by default (its tiny checkpoint is the served model).
+FAMILY = families.get(families.DEFAULT)
 RATIOS = (1.0, 0.25, 0.10)
 
 
@@ -162,10 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             if checkpoint:
                 serve_args += ["--model", checkpoint]
             else:  # earlytom-serve's default model: the tiny checkpoint
-                checkpoint, _ = harness.checkpoint(harness.TINY_SIZES)
+                checkpoint, _ = families.checkpoint(FAMILY, families.sizes(FAMILY, quick=True))
             server = harness.launch_serve(serve_args, args.server_log or workdir / "serve.log",
-                                  env={"VLLM_CPU_KVCACHE_SPACE":
-                                       os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
+                                          env_defaults={"VLLM_CPU_KVCACHE_SPACE": "1"})
             print(f"started earlytom-serve on {server.url}", file=sys.stderr)
 
         # questions (rendered while the server starts)
@@ -182,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         harness.wait_ready(server, args.startup_timeout, args.api_key)
         timing["server_ready_wait"] = round(time.perf_counter() - t_wait, 1)
         model = args.model or harness.served_model(server.url, args.api_key)
-        per_frame = harness.model_tokens_per_frame(checkpoint or model)
+        per_frame = families.model_tokens_per_frame(FAMILY, checkpoint or model)
 
         def visual_tokens(frames: int, ratio: float) -> int:
-            return harness.expected_rows("earlytom", ratio, frames, per_frame)
+            return families.expected_rows(FAMILY, "earlytom", ratio, frames, per_frame)
 
         import openai
 

@@ -19,10 +19,11 @@ from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core.baselines import evs_select, post_encoder_select
 from earlytom_vllm.core.budget import min_frames_for_budget, video_token_count
 from earlytom_vllm.core.selection import select_tokens
-from earlytom_vllm.core.temporal import Groups, stage1
+from earlytom_vllm.core.temporal import Groups, MergePlan, stage1
 
 LayerFn = Callable[[int, torch.Tensor], torch.Tensor]
 LayerWithReceivedFn = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+MergeFn = Callable[[int, MergePlan], None]
 
 
 @dataclass
@@ -49,6 +50,7 @@ def run_encoder(
     ema: float = 0.9,
     min_frames: int = 1,
     keep_last_middle: bool = False,
+    on_merge: MergeFn | None = None,
 ) -> EncoderRun:
     """Run ``num_layers`` layers over one video, merging frames after each prune layer.
 
@@ -60,6 +62,9 @@ def run_encoder(
         prune_layers: layers after which Stage I segments and merges; after the last one the
             surviving frames are segmented once more (refinement) for Stage II.
         min_frames: Stage I never leaves fewer frames than this.
+        on_merge: ``(i, plan)``, called after Stage I at prune layer ``i`` with the merge it
+            applied (identity plans included), so that a tower can apply the same merge to
+            other states of the same frames (Qwen3-VL's deepstack taps).
     """
     if prune_layers and prune_layers[-1] >= num_layers:
         raise ValueError(
@@ -82,12 +87,14 @@ def run_encoder(
         else:
             hidden = run_layer(i, hidden)
         if i in prune:  # segment, merge, and after the last prune layer refine the groups
-            hidden, received, refined, first = stage1(
+            hidden, received, refined, plan = stage1(
                 hidden, received, tau=tau, max_window=max_window, ema=ema,
                 min_frames=min_frames, keep_last_middle=keep_last_middle,
                 refine=i == prune_layers[-1], with_sources=True)
             groups = refined if refined is not None else groups
-            origins = [origins[k] for k in first]  # a merged frame keeps its earlier source
+            origins = [origins[k] for k in plan.first]  # a merged frame keeps its earlier source
+            if on_merge is not None:
+                on_merge(i, plan)
     return EncoderRun(hidden=hidden, received=received, groups=groups, frames_per_layer=frames,
                       origins=origins)
 
@@ -119,6 +126,9 @@ class VisionTower(Protocol):
     def pool_received(self, received: torch.Tensor) -> torch.Tensor:
         """``[F, N]`` -> ``[F, tokens_per_frame]``, pooled like the features."""
         ...
+
+    # Optional: ``follow_merge(i, plan)``. A tower that keeps other states of the frames (taps
+    # of earlier layers) defines it; :func:`compress_video` passes it as ``on_merge``.
 
 
 @dataclass
@@ -166,6 +176,7 @@ def compress_video(embeddings: torch.Tensor, tower: VisionTower, config: EarlyTo
             prune_layers=config.prune_layers, tau=config.tau, max_window=config.max_window,
             ema=config.ema, min_frames=min_frames_for_budget(budget, per_frame),
             keep_last_middle=config.keep_last_middle,
+            on_merge=getattr(tower, "follow_merge", None),
         )
     elif method == "post_encoder":
         run = run_encoder(embeddings, tower.layer, n_layers, run_layer_with_received=with_received,

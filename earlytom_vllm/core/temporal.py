@@ -115,6 +115,11 @@ class MergePlan:
     def blend(self) -> list[bool]:
         return [w != 1.0 for w in self.weight]
 
+    @property
+    def identity(self) -> bool:
+        """True when the plan keeps every input frame as it is."""
+        return self.first == list(range(len(self.first))) and not any(self.blend)
+
     def __len__(self) -> int:
         return len(self.first)
 
@@ -231,18 +236,19 @@ def stage1(
     needs cover the merge's too). With ``refine``, the surviving frames are segmented once more.
 
     Returns ``(hidden [T', N, D], received [T', N] | None, refined groups | None)``, and with
-    ``with_sources`` a fourth item: for each output frame, the input frame it comes from (the
-    earlier of a merged pair), as host ints.
+    ``with_sources`` a fourth item: the :class:`MergePlan` applied (``plan.first``: for each
+    output frame, the input frame it comes from, the earlier of a merged pair; an identity plan
+    when nothing merged), so that other tensors of the same frames can follow the merge.
     """
     _check_video("hidden", hidden)
     _check_segment_args(tau, max_window, ema)
     _check_received(received, hidden)
     band = similarity_band(hidden, max_window - 1)
     groups = _segment_from_band(band, hidden.shape[0], float(tau), max_window, float(ema))
-    hidden, received, first = _merge(hidden, received, groups, band, min_frames,
-                                     keep_last_middle)
+    hidden, received, plan = _merge(hidden, received, groups, band, min_frames,
+                                    keep_last_middle)
     refined = segment_frames(hidden, tau, max_window, ema) if refine else None
-    return (hidden, received, refined, first) if with_sources else (hidden, received, refined)
+    return (hidden, received, refined, plan) if with_sources else (hidden, received, refined)
 
 
 def merge_frames(
@@ -283,15 +289,16 @@ def _check_received(received: torch.Tensor | None, hidden: torch.Tensor) -> None
 
 def _merge(hidden: torch.Tensor, received: torch.Tensor | None, groups: Groups,
            band: list[list[float]] | None, min_frames: int, keep_last_middle: bool,
-           ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+           ) -> tuple[torch.Tensor, torch.Tensor | None, MergePlan]:
     """Plan and apply the merges; ``band`` is computed here unless the caller has one.
-    Returns the merged tensors and each output frame's (first) source frame."""
+    Returns the merged tensors and the plan (identity when nothing merged)."""
     longest = max(b - a + 1 for a, b in groups)
     if longest < 4 or min_frames >= hidden.shape[0]:
         # nothing can merge: no similarity needed
-        return hidden, received, list(range(hidden.shape[0]))
+        t = hidden.shape[0]
+        return hidden, received, MergePlan(list(range(t)), list(range(t)), [1.0] * t)
     if band is None:
         band = similarity_band(hidden, longest - 1)
     plan = plan_merge(band, groups, min_frames=min_frames, keep_last_middle=keep_last_middle)
     return (apply_plan(hidden, plan), None if received is None else apply_plan(received, plan),
-            plan.first)
+            plan)

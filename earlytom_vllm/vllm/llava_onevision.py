@@ -26,37 +26,29 @@ from vllm.model_executor.models.llava_onevision import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from earlytom_vllm.config import EarlyTomConfig
-from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
+from earlytom_vllm.core import attention_with_received
 from earlytom_vllm.core.attention import pool_received
+from earlytom_vllm.families.llava_onevision import FAMILY
 from earlytom_vllm.plan import VideoPlan
-from earlytom_vllm.vllm.compat import all_reduce_tp, llava_encoder_depth
-from earlytom_vllm.vllm.observe import record_trace, trace_clock
+from earlytom_vllm.vllm.compat import all_reduce_tp, siglip_embed
+from earlytom_vllm.vllm.observe import record_trace
 from earlytom_vllm.vllm.processing import (
     EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
+    check_rows,
     decode_plans,
+    encode_video,
     replace_video_placeholders,
     server_defaults,
 )
-
-NEWLINE_ROWS = 1  # one image_newline embedding after each video's tokens
-
 
 # --------------------------------------------------------------------------------------------------
 # Processor (API-server process)
 
 
 class EarlyTomLlavaOnevisionProcessingInfo(EarlyTomInfo, LlavaOnevisionProcessingInfo):
-    family_defaults = EarlyTomConfig()  # prune layers (10, 21, 23): docs/method.md section 5
-
-    def earlytom_encoder_depth(self) -> int:
-        return llava_encoder_depth(self.get_hf_config())
-
-    def tokens_per_frame(self) -> int:
-        """Tokens of one pooled frame, as vLLM counts them (the same at every resolution)."""
-        width, height = self.get_image_size_with_most_features()
-        return self._get_num_frame_tokens(image_width=width, image_height=height)
+    family = FAMILY
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts) -> int:
         # Upstream caps the profiling dummy at 16 frames; profile the real maximum we serve.
@@ -65,18 +57,14 @@ class EarlyTomLlavaOnevisionProcessingInfo(EarlyTomInfo, LlavaOnevisionProcessin
         return max(1, min(fits, self.earlytom_defaults.max_frames))
 
 
-class EarlyTomLlavaOnevisionDummyInputsBuilder(LlavaOnevisionDummyInputsBuilder):
-    pass
-
-
 class EarlyTomLlavaOnevisionMultiModalProcessor(EarlyTomProcessor,
                                                 LlavaOnevisionMultiModalProcessor):
     info: EarlyTomLlavaOnevisionProcessingInfo
 
     def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
-        per_frame = self.info.tokens_per_frame()
+        per_frame = FAMILY.frame_tokens(self.info.get_hf_config())  # 196 at every resolution
         videos = processed["pixel_values_videos"]  # [V, F, C, H, W] or V x [F, C, H, W]
-        return [VideoPlan(int(v.shape[0]), per_frame, NEWLINE_ROWS, config) for v in videos]
+        return [VideoPlan(int(v.shape[0]), per_frame, FAMILY.extra_rows, config) for v in videos]
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
@@ -103,7 +91,7 @@ class VllmSiglipTower:
         self.tokens_per_frame = self.pooled * self.pooled
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vision.embeddings(pixels)  # [F, 3, 384, 384] -> [F, 729, C]
+        return siglip_embed(self.vision, pixels)  # [F, 3, 384, 384] -> [F, 729, C]
 
     def layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.layers[i](hidden)[0]
@@ -150,15 +138,15 @@ class VllmSiglipTower:
 @MULTIMODAL_REGISTRY.register_processor(
     EarlyTomLlavaOnevisionMultiModalProcessor,
     info=EarlyTomLlavaOnevisionProcessingInfo,
-    dummy_inputs=EarlyTomLlavaOnevisionDummyInputsBuilder,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
 )
 class EarlyTomLlavaOnevisionForConditionalGeneration(EarlyTomEmbeddings,
                                                      LlavaOnevisionForConditionalGeneration):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        depth = llava_encoder_depth(self.config)
+        depth = FAMILY.encoder_depth(self.config)
         # A server-wide setting that does not fit this model stops the engine here, at start-up.
-        server_defaults(self.config, EarlyTomLlavaOnevisionProcessingInfo.family_defaults, depth)
+        server_defaults(FAMILY, self.config)
         # Observability (only with the server-wide ``trace`` setting): frames entering each
         # encoder layer, summed over videos, and the last video's trace. Read with
         # LLM.apply_model / collective_rpc (earlytom_vllm.vllm.observe).
@@ -181,30 +169,17 @@ class EarlyTomLlavaOnevisionForConditionalGeneration(EarlyTomEmbeddings,
         """``[F, 3, H, W]`` -> ``[rows, D]`` (2-D, newline last)."""
         if pixels.shape[0] != plan.num_frames:
             raise AssertionError(f"plan for {plan.num_frames} frames, video has {pixels.shape[0]}")
-        clock = trace_clock(pixels) if plan.config.trace else None
-        t0 = clock() if clock else 0.0
-        result: VideoCompression | None = None
-        if not plan.config.compresses:
-            # The stock video path, op for op.
-            hidden = self.vision_tower(
-                pixels, feature_select_strategy=self.config.vision_feature_select_strategy)
-            t1 = clock() if clock else 0.0
-            feats = self.apply_pooling(self.multi_modal_projector(hidden))  # [F, 196, D]
-            feats = feats.reshape(-1, feats.shape[-1])  # [F, 196, D] -> [F*196, D]
-            seconds = (t1 - t0, (clock() - t1) if clock else 0.0)
-        else:
-            tower = VllmSiglipTower(self)
-            result = compress_video(tower.embed(pixels), tower, plan.config, clock=clock)
-            feats = result.tokens  # [budget, D]
-            total = (clock() - t0) if clock else 0.0
-            # Encoder = patch embedding + layers (+ Stage I); the rest is token processing.
-            seconds = (total - result.tokens_seconds, result.tokens_seconds)
+        feats, result, seconds = encode_video(
+            plan, pixels,
+            # the stock video path, op for op: tower, then projector and pooling
+            stock=lambda: self.vision_tower(
+                pixels, feature_select_strategy=self.config.vision_feature_select_strategy),
+            stock_tokens=lambda h: self.apply_pooling(self.multi_modal_projector(h)),
+            tower=lambda: VllmSiglipTower(self),
+            hidden=lambda tower: tower.embed(pixels))
+        feats = feats.reshape(-1, feats.shape[-1])  # [F, 196, D] (stock) -> [F*196, D]
         newline = self.image_newline[None, :].to(feats.dtype)  # [D] -> [1, D]
-        out = torch.cat((feats, newline), dim=0)  # [budget+1, D]
-        if out.shape[0] != plan.rows:
-            raise AssertionError(
-                f"video embedding has {out.shape[0]} rows, its placeholder count is {plan.rows}"
-            )
+        out = check_rows(torch.cat((feats, newline), dim=0), plan)  # [budget+1, D]
         if plan.config.trace:
             record_trace(self, plan, result, seconds)
         return out

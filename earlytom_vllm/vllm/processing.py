@@ -17,23 +17,21 @@ tokens before and after compression there, computed from the plans the model wil
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
-from earlytom_vllm.config import (
-    EarlyTomConfig,
-    EarlyTomConfigError,
-    check_prune_layers,
-    request_config,
-)
+from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError, request_config
+from earlytom_vllm.core import VideoCompression, VisionTower, compress_video
+from earlytom_vllm.families import Family
 from earlytom_vllm.metrics import VisualTokenCounters
 from earlytom_vllm.plan import VideoPlan
+from earlytom_vllm.vllm.observe import trace_clock
 
 KWARG = "earlytom"  # key in mm_processor_kwargs
 PLAN_FIELD = "earlytom_plan"  # per-video int64 row carried to the model
@@ -58,53 +56,34 @@ def strip(kwargs: Mapping[str, object]) -> dict[str, object]:
     return {k: v for k, v in kwargs.items() if k not in (KWARG, _PROFILING)}
 
 
-def server_defaults(hf_config: Any, family_defaults: EarlyTomConfig, depth: int,
-                    full_attention_blocks: Sequence[int] | None = None) -> EarlyTomConfig:
+def server_defaults(family: Family, hf_config: Any) -> EarlyTomConfig:
     """The server-wide settings: the family's defaults with ``--hf-overrides '{"earlytom": ..}'``
-    applied, validated against the model. The processor and the model both call it, so a bad
-    one fails when the engine starts (the model is built), naming
-    ``hf_overrides.earlytom.<field>``."""
-    raw = getattr(hf_config, KWARG, None)
+    applied, checked against the model. The processor and the model both call it, so a bad one
+    fails when the engine starts (the model is built), naming ``hf_overrides.earlytom.<field>``."""
     try:
-        config = family_defaults.merged(raw)
-        check_prune_layers(config, depth, full_attention_blocks=full_attention_blocks)
-        return config
+        return family.server_defaults(hf_config)
     except EarlyTomConfigError as exc:
-        raise EarlyTomValidationError(exc.under("hf_overrides.earlytom"), where="",
-                                      value=raw) from None
+        raise EarlyTomValidationError(exc, where="",
+                                      value=getattr(hf_config, KWARG, None)) from None
 
 
 class EarlyTomInfo:
     """Mixed into a family's ``ProcessingInfo`` (before the vLLM class in the bases)."""
 
-    #: The family's serving defaults, overridden by ``--hf-overrides '{"earlytom": {...}}'``.
-    family_defaults: ClassVar[EarlyTomConfig] = EarlyTomConfig()
-
-    def earlytom_encoder_depth(self) -> int:
-        """Encoder layers the model runs (the family knows how vLLM builds its tower)."""
-        raise NotImplementedError
-
-    def earlytom_full_attention_blocks(self) -> Sequence[int] | None:
-        """Blocks with full attention where the encoder mixes kinds (None: every block)."""
-        return None
-
-    def _checked(self, config: EarlyTomConfig) -> EarlyTomConfig:
-        check_prune_layers(config, self.earlytom_encoder_depth(),
-                           full_attention_blocks=self.earlytom_full_attention_blocks())
-        return config
+    #: The model family (:mod:`earlytom_vllm.families`): defaults, depth, counts.
+    family: ClassVar[Family]
 
     @cached_property
     def earlytom_defaults(self) -> EarlyTomConfig:
         """Server-wide defaults, validated against this model (see :func:`server_defaults`)."""
-        return server_defaults(self.get_hf_config(), self.family_defaults,
-                               self.earlytom_encoder_depth(),
-                               self.earlytom_full_attention_blocks())
+        return server_defaults(self.family, self.get_hf_config())
 
     def resolve_config(self, hf_kwargs: Mapping[str, object]) -> EarlyTomConfig:
         """The request's effective config; raises an error naming ``earlytom.<field>``."""
         overrides = hf_kwargs.get(KWARG)
         try:
-            return self._checked(request_config(self.earlytom_defaults, overrides))
+            config = request_config(self.earlytom_defaults, overrides)
+            return self.family.check(config, self.get_hf_config())
         except EarlyTomConfigError as exc:
             field = exc if exc.field.startswith(KWARG) else exc.under(KWARG)
             raise EarlyTomValidationError(field, where="mm_processor_kwargs",
@@ -140,7 +119,7 @@ class EarlyTomProcessor:
         processed = super()._apply_hf_processor_main(mm_items, strip(hf_kwargs))
         if processed.get("pixel_values_videos") is not None:
             plans = [p.encode() for p in self.video_plans(processed, config)]
-            processed[PLAN_FIELD] = torch.tensor(plans, dtype=torch.int64)  # [V, PLAN_WIDTH]
+            processed[PLAN_FIELD] = torch.tensor(plans, dtype=torch.int64)  # [V, len(WIRE_FIELDS)]
         return processed
 
     def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]
@@ -188,7 +167,7 @@ def replace_video_placeholders(updates: Sequence[Any], out_mm_kwargs: Any,
 
 
 def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
-    """Model side: the ``(V, PLAN_WIDTH)`` int64 CPU tensor (or list of rows) -> one plan per
+    """Model side: the ``(V, len(WIRE_FIELDS))`` int64 CPU tensor (or list of rows) -> one plan per
     video (one host copy of a CPU tensor: no device sync)."""
     if plans is None:
         raise AssertionError(f"{PLAN_FIELD} missing: the EarlyTom processor did not run")
@@ -199,7 +178,54 @@ def decode_plans(plans: Any, num_videos: int) -> list[VideoPlan]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Model side: embeddings in the request's order
+# Model side: one video's features, and embeddings in the request's order
+
+
+class VideoFeatures(NamedTuple):
+    """One video through the encoder: its features (``[budget, D]``), the core's record of the
+    compression (None on the stock path) and the seconds of (encoder, token processing), which
+    are measured only when ``trace`` is on."""
+
+    features: torch.Tensor
+    result: VideoCompression | None
+    seconds: tuple[float, float]
+
+
+def encode_video(plan: VideoPlan, like: torch.Tensor, *, stock: Callable[[], torch.Tensor],
+                 tower: Callable[[], VisionTower],
+                 hidden: Callable[[VisionTower], torch.Tensor],
+                 stock_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> VideoFeatures:
+    """The video path every family shares: the stock encoder (``stock``, then ``stock_tokens``
+    where the family projects and pools after it) when nothing is compressed, else the core's
+    :func:`compress_video` over the family's tower from its first hidden states. The tower must
+    count the plan's tokens per frame. Timing syncs the device, so only a traced plan is timed.
+    """
+    clock = trace_clock(like) if plan.config.trace else None
+    t0 = clock() if clock else 0.0
+    if not plan.config.compresses:
+        feats = stock()
+        t1 = clock() if clock else 0.0
+        if stock_tokens is not None:
+            feats = stock_tokens(feats)
+        return VideoFeatures(feats, None, (t1 - t0, (clock() - t1) if clock else 0.0))
+    tw = tower()
+    if tw.tokens_per_frame != plan.tokens_per_frame:
+        raise AssertionError(f"plan for {plan.tokens_per_frame} tokens per frame, the encoder "
+                             f"gives {tw.tokens_per_frame}")
+    result = compress_video(hidden(tw), tw, plan.config, clock=clock)
+    total = (clock() - t0) if clock else 0.0
+    return VideoFeatures(result.tokens, result, (total - result.tokens_seconds,
+                                                 result.tokens_seconds))
+
+
+def check_rows(rows: torch.Tensor, plan: VideoPlan) -> torch.Tensor:
+    """``rows`` when there is exactly one per placeholder token of the video (too many would be
+    truncated by vLLM without a word, too few refused): the count is the plan's."""
+    if rows.shape[0] != plan.rows:
+        raise AssertionError(
+            f"video embedding has {rows.shape[0]} rows, its placeholder count is {plan.rows}")
+    return rows
 
 
 class EarlyTomEmbeddings:

@@ -35,31 +35,34 @@ from vllm.model_executor.models.qwen2_5_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs
-from vllm.utils.gpu_sync_debug import gpu_sync_allowed
-from vllm.utils.torch_utils import async_tensor_h2d
 
 from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
-    VideoCompression,
     attention_with_received,
-    compress_video,
     kept_grid_positions,
     pool_merge_units,
 )
+from earlytom_vllm.families.qwen2_5_vl import FAMILY
 from earlytom_vllm.plan import VideoPlan
-from earlytom_vllm.vllm.compat import all_reduce_tp
-from earlytom_vllm.vllm.observe import record_trace, trace_clock
+from earlytom_vllm.vllm.compat import (
+    all_reduce_tp,
+    cast_overflow_tensors,
+    host_to_device,
+    sync_allowed,
+)
+from earlytom_vllm.vllm.observe import record_trace
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
     EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
+    check_rows,
     decode_plans,
+    encode_video,
     replace_video_placeholders,
     server_defaults,
 )
 
-EXTRA_ROWS = 0  # Qwen2.5-VL appends nothing to a video's tokens
 POSITION_CHANNELS = 4  # vLLM's EVS layout: t, h, w, text offset (video_prune/evs.py)
 
 
@@ -68,17 +71,7 @@ POSITION_CHANNELS = 4  # vLLM's EVS layout: t, h, w, text offset (video_prune/ev
 
 
 class EarlyTomQwen2_5_VLProcessingInfo(EarlyTomInfo, Qwen2_5_VLProcessingInfo):
-    # method.md section 7: merge after full-attention blocks 7, 15, 23 (22% / 47% / 72% depth)
-    family_defaults = EarlyTomConfig(prune_layers=(7, 15, 23))
-
-    def earlytom_encoder_depth(self) -> int:
-        return int(self.get_hf_config().vision_config.depth)
-
-    def earlytom_full_attention_blocks(self) -> tuple[int, ...]:
-        return tuple(int(i) for i in self.get_hf_config().vision_config.fullatt_block_indexes)
-
-    def merge_size(self) -> int:
-        return int(self.get_hf_config().vision_config.spatial_merge_size)
+    family = FAMILY
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts,
                                           max_frames_per_video: int | None = None) -> int:
@@ -90,16 +83,12 @@ class EarlyTomQwen2_5_VLProcessingInfo(EarlyTomInfo, Qwen2_5_VLProcessingInfo):
                                                          max_frames_per_video)
 
 
-class EarlyTomQwen2_5_VLDummyInputsBuilder(Qwen2_5_VLDummyInputsBuilder):
-    pass
-
-
 class EarlyTomQwen2_5_VLMultiModalProcessor(EarlyTomProcessor, Qwen2_5_VLMultiModalProcessor):
     info: EarlyTomQwen2_5_VLProcessingInfo
 
     def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
-        m = self.info.merge_size()
-        return [VideoPlan(t, (h // m) * (w // m), EXTRA_ROWS, config)
+        hf_config = self.info.get_hf_config()
+        return [VideoPlan(t, FAMILY.frame_tokens(hf_config, (h, w)), FAMILY.extra_rows, config)
                 for t, h, w in processed["video_grid_thw"].tolist()]  # [V, 3] slices, patches
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
@@ -171,34 +160,19 @@ class VllmQwenVisionTower:
         """Block ``i`` (a full-attention block) with its softmax computed in slice chunks,
         returning received attention ``[F, N]`` (mean over all heads and queries of a slice).
 
-        Mirrors vLLM 0.32 ``Qwen2_5_VisionBlock.forward`` and ``Qwen2_5_VisionAttention.forward``
-        (qkv, vision RoPE, attention within each slice, proj; fused add-norm, MLP), calling the
-        same modules. Heads are split across tensor-parallel ranks: the per-rank sums are
-        all-reduced before averaging, so every rank keeps the same tokens.
+        Mirrors vLLM 0.32 ``Qwen2_5_VisionBlock.forward`` (attention within each slice:
+        :func:`slice_attention_with_received`; fused add-norm, MLP), calling the same modules.
         """
         if i not in self.full:
             raise AssertionError(f"received attention is read at a full-attention block, not {i}")
         blk = self.blocks[i]
-        attn = blk.attn
         f, n, c = hidden.shape
-        meta = self.metadata(f)
-        heads, d = attn.num_attention_heads_per_partition, attn.hidden_size_per_attention_head
         x = hidden.reshape(f * n, 1, c)  # [F*N, 1, C]: vLLM's [s, b, c]
-        qkv, _ = attn.qkv(blk.norm1(x))  # [S, 1, 3*Hp*d]
-        qkv = qkv.reshape(f * n, 3, heads, d)  # "s b (three head head_dim)", b = 1
-        qk = qkv[:, :2].transpose(0, 1).contiguous()  # [2, S, Hp, d]: "(two b) s head head_dim"
-        qk = attn.apply_rotary_emb(qk, meta["rotary_pos_emb_cos"], meta["rotary_pos_emb_sin"])
-        # [S, Hp, d] -> [F, N, Hp, d] -> [F, Hp, N, d]
-        q, k, v = (t.reshape(f, n, heads, d).transpose(1, 2) for t in (qk[0], qk[1], qkv[:, 2]))
-        out, received = attention_with_received(q, k, v, scale=attn.attn.scale,
-                                                chunk_frames=chunk_frames)
-        out = out.transpose(1, 2).reshape(f * n, 1, heads * d)  # "b s h d -> s b (h d)"
-        x_attn, _ = attn.proj(out)  # [S, 1, C] (all-reduced across TP ranks)
+        x_attn, received = slice_attention_with_received(
+            blk.attn, blk.norm1(x), self.metadata(f), f, self.visual.num_heads, chunk_frames)
         x_norm, residual = blk.norm2(x, residual=x_attn)
         x = residual + blk.mlp(x_norm)
-        if attn.tp_size > 1:
-            received = all_reduce_tp(received)
-        return x.reshape(f, n, c), received / (self.visual.num_heads * n)  # [F, N, C], [F, N]
+        return x.reshape(f, n, c), received  # [F, N, C], [F, N]
 
     def project_and_pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[F, N, C]`` -> ``[F, N/4, D]`` in raster order, as the stock forward's tail:
@@ -206,8 +180,6 @@ class VllmQwenVisionTower:
         f, n, c = hidden.shape
         x = hidden.reshape(f * n, 1, c)
         if x.dtype == torch.float16:  # mirrors the stock forward (Qwen2.5-VL-3B overflows)
-            from vllm.model_executor.models.utils import cast_overflow_tensors
-
             x = cast_overflow_tensors(x)
         merged = self.visual.merger(x)  # [F*N/4, D], window order
         merged = merged[self.metadata(f)["reverse_indices"]]  # -> raster order
@@ -219,6 +191,37 @@ class VllmQwenVisionTower:
         pooled = pool_merge_units(received, self.unit)  # [F, N/4], window order
         order = self.metadata(f)["reverse_indices"].to(pooled.device)
         return pooled.reshape(-1)[order].reshape(f, self.tokens_per_frame)
+
+
+def slice_attention_with_received(attn, x_norm: torch.Tensor, meta: dict, frames: int,
+                                  num_heads: int, chunk_frames: int
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM 0.32's ``Qwen2_5_VisionAttention.forward`` (also Qwen3-VL's vision attention) with
+    full attention inside each of ``frames`` slices and its softmax computed in slice chunks:
+    ``[F*N, 1, C]`` normed input -> (``[F*N, 1, C]`` output, received attention ``[F, N]``,
+    the mean over all heads and queries of a slice).
+
+    Calls the module's own qkv, vision RoPE and projection. Heads are split across
+    tensor-parallel ranks: the per-rank sums are all-reduced before averaging, so every rank
+    keeps the same tokens.
+    """
+    s = x_norm.shape[0]
+    n = s // frames
+    heads, d = attn.num_attention_heads_per_partition, attn.hidden_size_per_attention_head
+    qkv, _ = attn.qkv(x_norm)  # [S, 1, 3*Hp*d]
+    qkv = qkv.reshape(s, 3, heads, d)  # "s b (three head head_dim)", b = 1
+    qk = qkv[:, :2].transpose(0, 1).contiguous()  # [2, S, Hp, d]: "(two b) s head head_dim"
+    qk = attn.apply_rotary_emb(qk, meta["rotary_pos_emb_cos"], meta["rotary_pos_emb_sin"])
+    # [S, Hp, d] -> [F, N, Hp, d] -> [F, Hp, N, d]
+    q, k, v = (t.reshape(frames, n, heads, d).transpose(1, 2)
+               for t in (qk[0], qk[1], qkv[:, 2]))
+    out, received = attention_with_received(q, k, v, scale=attn.attn.scale,
+                                            chunk_frames=chunk_frames)
+    out = out.transpose(1, 2).reshape(s, 1, heads * d)  # "b s h d -> s b (h d)"
+    x_attn, _ = attn.proj(out)  # [S, 1, C] (all-reduced across TP ranks)
+    if attn.tp_size > 1:
+        received = all_reduce_tp(received)
+    return x_attn, received / (num_heads * n)
 
 
 def media_positions(grid_pos: torch.Tensor, t_factor: float, grid_t: int, grid_h: int,
@@ -279,7 +282,7 @@ def place_media(ids: torch.Tensor, host_ids: list[int], positions: torch.Tensor,
 @MULTIMODAL_REGISTRY.register_processor(
     EarlyTomQwen2_5_VLMultiModalProcessor,
     info=EarlyTomQwen2_5_VLProcessingInfo,
-    dummy_inputs=EarlyTomQwen2_5_VLDummyInputsBuilder,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
 class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
                                                  Qwen2_5_VLForConditionalGeneration):
@@ -297,10 +300,8 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
         # Our embeddings always carry positions: the model's own EVS branches (and its encoder
         # CUDA graphs, which bypass embed_multimodal) must treat pruning as enabled.
         self.is_multimodal_pruning_enabled = True
-        vc = self.config.vision_config
         # A server-wide setting that does not fit this model stops the engine here, at start-up.
-        defaults = server_defaults(self.config, EarlyTomQwen2_5_VLProcessingInfo.family_defaults,
-                                   int(vc.depth), tuple(vc.fullatt_block_indexes))
+        defaults = server_defaults(FAMILY, self.config)
         self.earlytom_trace = defaults.trace
         # Observability (server-wide ``trace`` only): see earlytom_vllm.vllm.observe.
         self.earlytom_layer_frames = [0] * len(self.visual.blocks)
@@ -362,28 +363,17 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
         t, h, w = grid
         if t != plan.num_frames:
             raise AssertionError(f"plan for {plan.num_frames} slices, video has {t}")
-        clock = trace_clock(pixels) if plan.config.trace else None
-        t0 = clock() if clock else 0.0
-        result: VideoCompression | None = None
-        if not plan.config.compresses:
-            feats = self.visual(pixels, grid_thw=[grid])  # the stock encoder, [t*h*w/4, D]
+        feats, result, seconds = encode_video(
+            plan, pixels,
+            stock=lambda: self.visual(pixels, grid_thw=[grid]),  # [t*h*w/4, D]
+            tower=lambda: VllmQwenVisionTower(self.visual, h, w),
+            hidden=lambda tower: tower.embed(pixels, t))
+        if result is None:
             grid_pos = self._full_grid(grid, feats.device)
-            seconds = ((clock() - t0) if clock else 0.0, 0.0)
         else:
-            tower = VllmQwenVisionTower(self.visual, h, w)
-            if tower.tokens_per_frame != plan.tokens_per_frame:
-                raise AssertionError(f"plan for {plan.tokens_per_frame} tokens per slice, grid "
-                                     f"{grid} has {tower.tokens_per_frame}")
-            result = compress_video(tower.embed(pixels, t), tower, plan.config, clock=clock)
-            feats = result.tokens  # [budget, D]
-            grid_pos = kept_grid_positions(result.index, result.origins, tower.tokens_per_frame,
-                                           tower.grid_w)
-            total = (clock() - t0) if clock else 0.0
-            seconds = (total - result.tokens_seconds, result.tokens_seconds)
-        out = self._with_positions(feats, grid_pos, t_factor, grid)
-        if out.shape[0] != plan.rows:
-            raise AssertionError(
-                f"video embedding has {out.shape[0]} rows, its placeholder count is {plan.rows}")
+            grid_pos = kept_grid_positions(result.index, result.origins, plan.tokens_per_frame,
+                                           w // self.visual.spatial_merge_size)
+        out = check_rows(self._with_positions(feats, grid_pos, t_factor, grid), plan)
         if plan.config.trace:
             record_trace(self, plan, result, seconds,
                          positions=out[:, -POSITION_CHANNELS:].long().cpu().tolist(),
@@ -442,11 +432,11 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
         if isinstance(input_ids, torch.Tensor):
             ids = input_ids.to(device=device, dtype=torch.long)
         else:
-            ids = async_tensor_h2d(input_ids, dtype=torch.long, device=device)
+            ids = host_to_device(input_ids, dtype=torch.long, device=device)
         embeds = [mm[:, :-POSITION_CHANNELS] for mm in multimodal_embeddings]
         channels = [mm[:, -POSITION_CHANNELS:].permute(1, 0).long()
                     for mm in multimodal_embeddings]  # [4, L] each
-        with gpu_sync_allowed():
+        with sync_allowed():
             host_ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else input_ids
             positions = place_media(ids, host_ids, mrope_positions.clone(), channels,
                                     num_computed_tokens, self.config)

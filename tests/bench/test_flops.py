@@ -20,10 +20,11 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import flops  # noqa: E402
+from benchmarks.harness import flops_models as fm  # noqa: E402
 from earlytom_vllm.core import video_token_budget  # noqa: E402
 
 OV7B = flops.MODELS["llava-ov-7b"]
-SCHED = flops.parse_schedule(flops.DEFAULT_SCHEDULE)
+SCHED = flops.default_schedule(OV7B.vision)  # 10:22,21:20,23:17
 RATIOS = (1.0, 0.5, 0.25, 0.20, 0.15, 0.10, 0.05)
 
 
@@ -32,7 +33,7 @@ def paper(method: str, r: float, part: str = "total") -> float:
 
 
 def ours(method: str, r: float, part: str = "total", model=OV7B, frames: int = 32) -> float:
-    sched = flops.scale_schedule(SCHED, frames // 2 if model.family == "qwen2_5_vl" else frames)
+    sched = flops.scale_schedule(SCHED, model.vision.units(frames))
     entry = flops.count_correct(model, method, r, frames=frames, text_tokens=100, schedule=sched)
     return entry["tflops"][part]
 
@@ -113,7 +114,7 @@ def test_fitted_paper_checks_for_the_earlytom_rows_ok(results):
 
 # -- this project's convention -------------------------------------------------------------------
 def test_llm_uses_gqa_and_swiglu():
-    q = flops.QWEN2_7B
+    q = fm.QWEN2_7B
     per_token = q.hidden * (2 * q.hidden + 2 * q.kv_heads * q.head_dim) + 3 * q.hidden * q.intermediate
     n = 10
     assert flops.llm_layer_macs(n, q) == n * per_token + 2 * n * n * q.hidden
@@ -198,7 +199,7 @@ def test_parse_schedule():
 
 def test_stage1_rule_schedule_uses_the_library():
     sched = flops.stage1_rule_schedule(32)
-    assert list(sched) == list(flops.EarlyTomConfig().prune_layers)
+    assert list(sched) == list(OV7B.vision.family.defaults.prune_layers)
     values = list(sched.values())
     assert 32 > values[0] >= values[1] >= values[2] >= 1
     floor = flops.stage1_rule_schedule(32, min_frames=20)

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from benchmarks import flops, harness
+from benchmarks import flops
+from benchmarks.harness import flops_models as fm
 from earlytom_vllm.core import video_token_budget
+from earlytom_vllm.families import evs_kept, rate_for_count
 
 QWEN = flops.MODELS["qwen2.5-vl-7b"]
 V = QWEN.vision
-SCHED = flops.parse_schedule(flops.QWEN_DEFAULT_SCHEDULE)
+SCHED = flops.default_schedule(V)  # the family's prune layers 7, 15, 23
 
 
 def test_geometry_from_the_architecture():
@@ -27,23 +30,23 @@ def test_windows_tile_the_slice():
     assert sum(sizes) == V.tokens_per_frame
     # 23 merge units a side: windows of 4, 4, 4, 4, 4, 3 units -> 6 x 6 windows
     assert len(sizes) == 36 and max(sizes) == 64 and min(sizes) == 36
-    small = flops.QwenVisionConfig(image_h=448, image_w=448)  # 32x32 patches: exact 8x8 windows
+    small = dataclasses.replace(V, image_h=448, image_w=448)  # 32x32 patches: exact 8x8 windows
     assert small.window_sizes() == [64] * 16
 
 
 def test_block_counts_windowed_and_full_attention():
     n, w, m = V.tokens_per_frame, V.width, V.mlp
     dense = 4 * n * w * w + 3 * n * w * m
-    assert flops.qwen_block_macs(V, 7) == dense + 2 * n * n * w
-    assert flops.qwen_block_macs(V, 0) == dense + 2 * sum(s * s for s in V.window_sizes()) * w
-    assert flops.qwen_block_macs(V, 0) < flops.qwen_block_macs(V, 31)
+    assert V.layer_macs(7) == dense + 2 * n * n * w
+    assert V.layer_macs(0) == dense + 2 * sum(s * s for s in V.window_sizes()) * w
+    assert V.layer_macs(0) < V.layer_macs(31)
 
 
 def test_project_convention_is_per_slice():
     t = QWEN.units
     full = flops.count_correct(QWEN, "full", 1.0, frames=QWEN.frames, text_tokens=0,
                                schedule=SCHED)
-    enc = sum(t * flops.qwen_block_macs(V, i) for i in range(V.layers))
+    enc = sum(t * V.layer_macs(i) for i in range(V.layers))
     assert math.isclose(full["tflops"]["encoder"], enc / 1e12, abs_tol=1e-6)
     assert full["llm_visual_tokens"] == t * 529
 
@@ -71,20 +74,20 @@ def test_evs_rate_matches_the_budget():
     total, tpf = 16 * 256, 256
     for r in (0.15, 0.10):
         budget = video_token_budget(16, r, tpf)
-        q = harness.evs_rate_for_budget(total, tpf, budget)
-        assert abs(harness.evs_tokens(total, tpf, q) - budget) <= 1
-    assert harness.evs_tokens(total, tpf, 0.99) == tpf  # EVS never goes below one frame
+        q = rate_for_count("evs", 16, tpf, budget)
+        assert abs(evs_kept(total, tpf, q) - budget) <= 1
+    assert evs_kept(total, tpf, 0.99) == tpf  # EVS never goes below one frame
 
 
 def test_odd_frame_count_is_rejected():
     import pytest
 
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(ValueError, match="divisible by 2"):
         flops.count_correct(QWEN, "full", 1.0, frames=63, text_tokens=0, schedule=SCHED)
 
 
 def test_fitted_setting_is_nearest_to_554_7():
-    best = flops.qwen_paper_setting_search()[0]
+    best = fm.qwen_paper_setting_search()[0]
     assert (best["frames"], best["resolution"]) == (64, 644)
     assert abs(best["tflops"] - 554.7) / 554.7 < 1e-3
 
@@ -95,12 +98,12 @@ def test_fitted_qwen_paper_section_in_results():
     assert q["setting"]["frames"] == 64 and q["setting"]["llm_tokens"] == 16928
     assert abs(q["full_paper_convention"] - 554.7) < 0.5
     # 67.7 at 15% is below what blocks 0..7 alone cost in the paper's own convention
-    assert q["paper_convention_floor_before_first_prune"] > flops.QWEN_PAPER_EARLYTOM_15
+    assert q["paper_convention_floor_before_first_prune"] > fm.QWEN_PAPER_EARLYTOM_15
 
 
 def test_evs_rates_for_the_qwen_benchmark_setting():
     # 32 frames x 448^2: 16 slices x 16x16 merged tokens = 4096; EVS matches the budget exactly
     for r, budget in ((0.15, 16 * 39), (0.10, 16 * 26)):
         assert video_token_budget(16, r, 256) == budget
-        q = harness.evs_rate_for_budget(4096, 256, budget)
-        assert harness.evs_tokens(4096, 256, q) == budget, (r, q)
+        q = rate_for_count("evs", 16, 256, budget)
+        assert evs_kept(4096, 256, q) == budget, (r, q)

@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import followup as fu  # noqa: E402
+from benchmarks.harness import counters  # noqa: E402
 
 METHODS = list(fu.METHODS)
 
@@ -41,10 +42,10 @@ vllm:num_requests_running{engine="0",model_name="m"} 0.0
 
 
 def test_counters_sum_over_engines_and_default_to_zero():
-    got = fu.parse_counters(EXPOSITION)
+    got = counters.parse_counters(EXPOSITION)
     assert got["prefix_queries"] == 850.0 and got["prefix_hits"] == 768.0
     assert got["mm_queries"] == 2.0 and got["mm_hits"] == 1.0
-    assert got["prompt_tokens"] == 0.0 and set(got) == set(fu.COUNTERS)
+    assert got["prompt_tokens"] == 0.0 and set(got) == set(counters.COUNTERS)
 
 
 def test_order_alternates():

@@ -1,6 +1,7 @@
-"""benchmarks/harness.py: the counts come from the model and the library, the CPU meter splits
-the machine between this process tree and the rest, videos round-trip through mp4, no benchmark
-imports another, and (engine) a spawned earlytom-serve's engine counts what the harness expects."""
+"""benchmarks/harness: the counts come from the model, the family registry and the library, the
+CPU meter splits the machine between this process tree and the rest, videos round-trip through
+mp4, no benchmark imports another or states a family fact, and (engine) a spawned earlytom-serve's
+engine counts what the harness expects."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness  # noqa: E402
+from benchmarks.harness import arms, families  # noqa: E402
 from earlytom_vllm import config as library  # noqa: E402
 from earlytom_vllm.core.budget import video_token_budget  # noqa: E402
 
-#: Modules every benchmark may import: the harness, the report (tables and plots from a results
-#: JSON), the accuracy question set and the lmms-eval launcher the accuracy runs exercise.
-SHARED = {"benchmarks", "benchmarks.harness", "benchmarks.report",
-          "benchmarks.accuracy.smoke_set", "benchmarks.accuracy.lmms_eval_earlytom"}
+#: Modules every benchmark may import: the harness package, the accuracy question set and the
+#: lmms-eval launcher the accuracy runs exercise.
+SHARED = {"benchmarks", "benchmarks.accuracy.smoke_set", "benchmarks.accuracy.lmms_eval_earlytom"}
+LLAVA = families.get(families.DEFAULT)
 
 
 def test_methods_are_the_librarys_in_table_order():
@@ -34,22 +36,42 @@ def test_methods_are_the_librarys_in_table_order():
     assert harness.METHODS[0] == "none" and harness.METHODS[-1] == "earlytom"
 
 
+def test_vllm_arms_need_the_familys_own_pruning():
+    qwen = families.get("qwen2_5_vl")
+    assert arms.family_arms(LLAVA) == harness.METHODS
+    assert arms.family_arms(qwen) == ("none", arms.VLLM_EVS, "earlytom")
+    assert arms.check_arms(["none", "earlytom", arms.VLLM_EVS], qwen) is None
+    assert "vLLM has no video pruning" in arms.check_arms([arms.VLLM_EVS], LLAVA)
+    assert "unknown method" in arms.check_arms(["nope"], qwen)
+
+
 def test_tokens_per_frame_follows_the_config(tiny_checkpoint):
-    assert harness.tokens_per_frame(harness.load_config(tiny_checkpoint)) == 196  # 27 -> 14
-    assert harness.model_tokens_per_frame(tiny_checkpoint) == 196
+    assert families.tokens_per_frame(LLAVA, families.load_config(tiny_checkpoint)) == 196
+    assert families.model_tokens_per_frame(LLAVA, tiny_checkpoint) == 196  # 27 -> 14
     small = {"vision_config": {"image_size": 224, "patch_size": 14}}  # 16 x 16 patches
-    assert harness.tokens_per_frame(small) == 8 * 8
-    assert harness.tokens_per_frame({**small, "spatial_pool_stride": 3}) == 6 * 6  # ceil(16/3)
+    assert families.tokens_per_frame(LLAVA, small) == 8 * 8
+    assert families.tokens_per_frame(LLAVA, {**small, "spatial_pool_stride": 3}) == 6 * 6
+    qwen = families.get("qwen2_5_vl")
+    merge = {"vision_config": {"patch_size": 14, "spatial_merge_size": 2}}
+    assert families.tokens_per_frame(qwen, merge) == 16 * 16  # its benchmark video: 448 px
+    assert families.tokens_per_frame(qwen, merge, 112) == 4 * 4
     with pytest.raises(SystemExit, match="--checkpoint"):
-        harness.model_tokens_per_frame(ROOT / "no-such-checkpoint")
+        families.model_tokens_per_frame(LLAVA, ROOT / "no-such-checkpoint")
 
 
 def test_expected_rows_is_the_librarys_count():
-    assert harness.expected_rows("none", None, 8, 196) == 8 * 196 + 1
-    assert harness.expected_rows("earlytom", 1.0, 8, 196) == 8 * 196 + 1  # ratio 1: no compression
+    def rows(*a):
+        return families.expected_rows(LLAVA, *a)
+
+    assert rows("none", None, 8, 196) == 8 * 196 + 1
+    assert rows("earlytom", 1.0, 8, 196) == 8 * 196 + 1  # ratio 1: no compression
     for method in ("earlytom", "post_encoder", "evs"):
-        assert harness.expected_rows(method, 0.1, 32, 196) == video_token_budget(32, 0.1, 196) + 1
-    assert harness.expected_rows("evs", 0.25, 4, 64) == video_token_budget(4, 0.25, 64) + 1
+        assert rows(method, 0.1, 32, 196) == video_token_budget(32, 0.1, 196) + 1
+    assert rows("evs", 0.25, 4, 64) == video_token_budget(4, 0.25, 64) + 1
+    qwen = families.get("qwen2_5_vl")  # 2 frames a slice, nothing appended
+    assert families.expected_rows(qwen, "none", None, 32, 256) == 16 * 256
+    assert families.vllm_pruning_rows(qwen, 32, 256, 0.15) == \
+        families.expected_rows(qwen, "earlytom", 0.15, 32, 256) == 624
 
 
 def test_synthetic_videos_and_mp4_round_trip(tmp_path):
@@ -139,7 +161,20 @@ def test_no_benchmark_imports_another():
     files = sorted((ROOT / "benchmarks").rglob("*.py"))
     assert len(files) >= 10
     for path in files:
-        assert _benchmark_imports(path) <= SHARED, path.relative_to(ROOT)
+        others = {n for n in _benchmark_imports(path) - SHARED
+                  if n != "benchmarks.harness" and not n.startswith("benchmarks.harness.")}
+        assert not others, (path.relative_to(ROOT), others)
+
+
+def test_benchmark_modules_are_short_and_name_no_family():
+    """Every module under 500 lines; no benchmark compares a model_type or family name (a family
+    is the registry's: ``--family`` takes any registered one)."""
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        text = path.read_text()
+        assert text.count("\n") <= 500, path.relative_to(ROOT)
+        for name in families.NAMES:
+            for op in ("==", "!="):
+                assert f'{op} "{name}"' not in text, (path.relative_to(ROOT), name)
 
 
 @pytest.mark.engine
@@ -171,12 +206,13 @@ def test_spawned_server_engine_counts_what_the_harness_expects(tmp_path, tiny_ch
         totals = metric_totals(backends)
     finally:
         server.stop()
-    per_frame = harness.model_tokens_per_frame(tiny_checkpoint)
+    per_frame = families.model_tokens_per_frame(LLAVA, tiny_checkpoint)
     assert totals == {
-        "earlytom_visual_tokens_before_total": harness.expected_rows("none", None, frames,
-                                                                     per_frame),
-        "earlytom_visual_tokens_after_total": harness.expected_rows("earlytom", ratio, frames,
-                                                                    per_frame)}, server.tail()
+        "earlytom_visual_tokens_before_total": families.expected_rows(LLAVA, "none", None, frames,
+                                                                      per_frame),
+        "earlytom_visual_tokens_after_total": families.expected_rows(LLAVA, "earlytom", ratio,
+                                                                     frames, per_frame)
+    }, server.tail()
     assert server.proc.poll() is not None
     deadline = time.monotonic() + 30  # the backend and its workers leave with the front end
     while time.monotonic() < deadline and _group_alive(server.proc.pid):

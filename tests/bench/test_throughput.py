@@ -15,30 +15,33 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import harness  # noqa: E402
 from benchmarks import throughput as tp  # noqa: E402
+from benchmarks.harness import families, load  # noqa: E402
+from benchmarks.harness import throughput_summary as summ  # noqa: E402
 
-METHODS = list(tp.METHODS)
+METHODS = list(harness.METHODS)
 
 
 def test_requests_formula():
-    assert [tp.parse_requests("2c+2", c) for c in (1, 2, 4, 8)] == [4, 6, 10, 18]
-    assert tp.parse_requests("c", 3) == 3
-    assert tp.parse_requests("7", 8) == 7
-    assert tp.parse_requests("3c-1", 2) == 5
+    assert [load.parse_requests("2c+2", c) for c in (1, 2, 4, 8)] == [4, 6, 10, 18]
+    assert load.parse_requests("c", 3) == 3
+    assert load.parse_requests("7", 8) == 7
+    assert load.parse_requests("3c-1", 2) == 5
     with pytest.raises(ValueError):
-        tp.parse_requests("c-5", 2)
+        load.parse_requests("c-5", 2)
 
 
 def test_percentile():
-    assert tp.percentile([], 50) is None
-    assert tp.percentile([3.0], 95) == 3.0
-    assert tp.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
-    assert tp.percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
+    assert summ.percentile([], 50) is None
+    assert summ.percentile([3.0], 95) == 3.0
+    assert summ.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert summ.percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
 
 
 def test_schedule_interleaves_and_rotates():
     args = tp.build_parser().parse_args(["--requests", "2c+2", "--rounds", "2"])
-    plan = tp.schedule(METHODS, [1, 2, 4, 8], args)
+    plan = load.schedule(METHODS, [1, 2, 4, 8], args)
     # every (method, concurrency) cell gets exactly its 2c+2 requests, over two rounds
     for c in (1, 2, 4, 8):
         for m in METHODS:
@@ -62,18 +65,18 @@ def test_targets_and_ratios():
         cells[("post_encoder", c)] = cell("post_encoder", c, 12.0, 3.0)
         cells[("evs", c)] = cell("evs", c, 14.0 if c == 2 else 11.0, 3.0)
         cells[("earlytom", c)] = cell("earlytom", c, 13.5, 2.0)
-    t = tp.targets(cells, [1, 2], METHODS)
+    t = summ.targets(cells, [1, 2], METHODS)
     assert t["saturated_vs_full"]["met"] and t["saturated_vs_full"]["value"] == 1.35
     assert t["above_post_encoder_every_level"]["met"]
     assert not t["above_evs_every_level"]["met"]
     assert t["above_evs_every_level"]["missed_at"] == ["2"]
-    r = tp.ratios(cells, [1, 2], METHODS)
+    r = summ.ratios(cells, [1, 2], METHODS)
     assert r["earlytom_vs_none"]["1"]["ttft_p50_speedup"] == 2.0
     assert r["earlytom_vs_none"]["1"]["output_tokens_per_s"] == 1.35
 
 
 def sample(ttft, e2e, out, itl=(), prompt=100, ok=True):
-    return tp.Sample(method="earlytom", concurrency=1, round=0, index=0, seed=0, start_s=0.0,
+    return load.Sample(method="earlytom", concurrency=1, round=0, index=0, seed=0, start_s=0.0,
                      ok=ok, ttft_s=ttft, latency_s=e2e, prompt_tokens=prompt,
                      completion_tokens=out, itl_s=list(itl))
 
@@ -85,7 +88,7 @@ def test_serve_metrics_names_and_definitions():
                sample(2.0, 2.0, 1),                        # one token: TPOT 0 (goodput only)
                sample(3.0, 6.0, 4, itl=(1.0, 1.0, 1.0)),   # TPOT 1.0 s
                sample(None, 1.0, None, ok=False)]          # failed
-    m = tp.serve_metrics(samples, 10.0, {"ttft": 2500, "tpot": 600}, (50, 90, 99))
+    m = summ.serve_metrics(samples, 10.0, {"ttft": 2500, "tpot": 600}, (50, 90, 99))
     assert m["completed"] == 3 and m["failed"] == 1 and m["duration"] == 10.0
     assert m["total_input_tokens"] == 300 and m["total_output_tokens"] == 9
     assert m["request_throughput"] == 0.3 and m["output_throughput"] == 0.9
@@ -100,45 +103,45 @@ def test_serve_metrics_names_and_definitions():
     keys = {f"{s}_{n}_ms" for s in ("mean", "median", "std", "p50", "p90", "p99")
             for n in ("ttft", "tpot", "itl", "e2el")}
     assert keys <= set(m)
-    assert tp.serve_metrics(samples, 10.0)["request_goodput"] is None  # no SLO given
-    assert tp.serve_metrics(samples, 10.0, {"e2el": 2000})["request_goodput"] == 0.1
-    empty = tp.serve_metrics([], 0.0, None, (99.9,))
+    assert summ.serve_metrics(samples, 10.0)["request_goodput"] is None  # no SLO given
+    assert summ.serve_metrics(samples, 10.0, {"e2el": 2000})["request_goodput"] == 0.1
+    empty = summ.serve_metrics([], 0.0, None, (99.9,))
     assert empty["completed"] == 0 and empty["request_throughput"] is None
     assert empty["p99.9_ttft_ms"] is None and empty["mean_itl_ms"] is None
 
 
 def test_parse_goodput():
-    assert tp.parse_goodput(["ttft:5000", "tpot:50.5", "e2el:0"]) == \
+    assert load.parse_goodput(["ttft:5000", "tpot:50.5", "e2el:0"]) == \
         {"ttft": 5000.0, "tpot": 50.5, "e2el": 0.0}
-    assert tp.parse_goodput(None) == {}
+    assert load.parse_goodput(None) == {}
     for bad in ("ttft", "itl:5", "ttft:-1", "ttft:x"):
         with pytest.raises(ValueError):
-            tp.parse_goodput([bad])
+            load.parse_goodput([bad])
 
 
 def test_poisson_arrivals():
-    a = tp.arrival_offsets(400, 4.0, seed=7)
-    assert a == tp.arrival_offsets(400, 4.0, seed=7)  # seeded
-    assert a != tp.arrival_offsets(400, 4.0, seed=8)
+    a = load.arrival_offsets(400, 4.0, seed=7)
+    assert a == load.arrival_offsets(400, 4.0, seed=7)  # seeded
+    assert a != load.arrival_offsets(400, 4.0, seed=8)
     assert all(x < y for x, y in itertools.pairwise(a)) and a[0] > 0
     assert a[-1] == pytest.approx(100.0)  # rescaled so that n requests take n / rate s
     gaps = [y - x for x, y in zip([0.0, *a], a, strict=False)]
     mean = sum(gaps) / len(gaps)
     cv = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
     assert 0.85 < cv < 1.15  # exponential intervals: coefficient of variation 1
-    regular = tp.arrival_offsets(50, 2.0, seed=0, burstiness=1e6)  # gamma -> constant gaps
+    regular = load.arrival_offsets(50, 2.0, seed=0, burstiness=1e6)  # gamma -> constant gaps
     assert regular[0] == pytest.approx(0.5, rel=1e-2) and regular[-1] == pytest.approx(25.0)
-    assert tp.arrival_offsets(3, float("inf"), seed=0) == [0.0, 0.0, 0.0]
-    assert tp.arrival_offsets(0, 1.0, seed=0) == []
+    assert load.arrival_offsets(3, float("inf"), seed=0) == [0.0, 0.0, 0.0]
+    assert load.arrival_offsets(0, 1.0, seed=0) == []
 
 
 def test_levels_and_rate_schedule():
-    assert tp.parse_levels(None, None) == [1, 2, 4, 8]
-    assert tp.parse_levels(None, "2,inf") == ["rate=2", "rate=inf"]
-    assert tp.parse_levels("1", "0.5") == [1, "rate=0.5"]
-    assert tp.level_rate("rate=inf") == float("inf") and tp.level_rate(4) is None
+    assert load.parse_levels(None, None) == [1, 2, 4, 8]
+    assert load.parse_levels(None, "2,inf") == ["rate=2", "rate=inf"]
+    assert load.parse_levels("1", "0.5") == [1, "rate=0.5"]
+    assert load.level_rate("rate=inf") == float("inf") and load.level_rate(4) is None
     args = tp.build_parser().parse_args(["--rate-requests", "5"])
-    plan = tp.schedule(["none", "earlytom"], [2, "rate=1.5"], args)
+    plan = load.schedule(["none", "earlytom"], [2, "rate=1.5"], args)
     rate_cells = [(lv, r, m, n) for lv, r, m, n in plan if lv == "rate=1.5"]
     assert rate_cells == [("rate=1.5", 0, "earlytom", 5), ("rate=1.5", 0, "none", 5)]
 
@@ -152,7 +155,7 @@ def test_qwen_arms_and_evs_servers():
     evs_arm = args.arms[1]
     assert evs_arm.earlytom_field() is None  # the stock model gets no per-request field
     assert args.arms[2].earlytom_field() == {"method": "earlytom", "retain_ratio": 0.15}
-    evs = tp.evs_servers(args, 256)  # 32 frames x 448 px: 16 slices x 256 tokens
+    evs = harness.vllm_arm_servers(args.fam, args.arms, args.frames, 256)  # 16 slices x 256
     assert evs["vllm_evs@0.15"]["video_pruning_rate"] == 0.847653
     assert evs["vllm_evs@0.10"]["video_pruning_rate"] == 0.898435
     for spec, kept in ((evs["vllm_evs@0.15"], 624), (evs["vllm_evs@0.10"], 416)):
@@ -160,15 +163,15 @@ def test_qwen_arms_and_evs_servers():
         assert spec["arch"] == "Qwen2_5_VLForConditionalGeneration"
         assert spec["serve_args"] == ["--no-earlytom-arch", "--backend-arg=--video-pruning-rate="
                                       f"{spec['video_pruning_rate']}"]
-    visual = tp.expected_visual_tokens(args, 256, evs)
+    visual = summ.expected_visual_tokens(args, 256, evs)
     assert visual == {"none": 4096, "vllm_evs@0.15": 624, "earlytom@0.15": 624,
                       "vllm_evs@0.10": 416, "earlytom@0.10": 416}
-    pairs = tp.compared([a.label for a in args.arms])
+    pairs = summ.compared([a.label for a in args.arms])
     assert pairs == [("earlytom@0.15", "none"), ("earlytom@0.15", "vllm_evs@0.15"),
                      ("earlytom@0.10", "none"), ("earlytom@0.10", "vllm_evs@0.10")]
     quick = tp.parse_args(["--family", "qwen2_5_vl", "--quick"])
     assert (quick.frames, quick.video_size, quick.ratio_list) == (12, 112, [0.15])
-    assert quick.levels == [1, "rate=4"] and quick.fam.video_size == 112
+    assert quick.levels == [1, "rate=4"]
     # defaults of the LLaVA-OV family are unchanged
     llava = tp.parse_args([])
     assert llava.ratio_list == [0.10] and llava.video_size == 384 and llava.levels == [1, 2, 4, 8]
@@ -182,12 +185,12 @@ def test_batching_budget_keeps_every_compressed_prefill_of_a_step_in_one_chunk()
     with EVS servers, every server gets a budget that holds the highest concurrency's compressed
     prompts in one step; without them vLLM's default stays."""
     args = tp.parse_args(["--family", "qwen2_5_vl"])
-    evs = tp.evs_servers(args, 256)
-    budget = tp.batching_budget(args, 256, evs)
+    evs = harness.vllm_arm_servers(args.fam, args.arms, args.frames, 256)
+    budget = harness.batching_budget(evs, 8, args.max_tokens)  # concurrency 8
     assert budget >= 8 * (624 + 256 + args.max_tokens) and budget % 1024 == 0
-    assert tp.batching_budget(args, 256, {}) is None
+    assert harness.batching_budget({}, 8, args.max_tokens) is None
     llava = tp.parse_args([])
-    assert tp.batching_budget(llava, 196, tp.evs_servers(llava, 196)) is None
+    assert harness.vllm_arm_servers(llava.fam, llava.arms, 32, 196) == {}
 
 
 def test_qwen_targets_per_ratio():
@@ -199,11 +202,11 @@ def test_qwen_targets_per_ratio():
     speed = {"none": 2.0, "vllm_evs@0.15": 4.0, "earlytom@0.15": 5.0, "vllm_evs@0.10": 5.0,
              "earlytom@0.10": 4.5}
     cells = {(m, c): cell(m, c, v) for m, v in speed.items() for c in (1, 2)}
-    t = tp.targets(cells, [1, 2], labels)
+    t = summ.targets(cells, [1, 2], labels)
     assert t["earlytom@0.15_above_vllm_evs@0.15_every_level"]["met"]
     assert not t["earlytom@0.10_above_vllm_evs@0.10_every_level"]["met"]
     assert t["earlytom@0.15_saturated_vs_full"]["value"] == 2.5
-    r = tp.ratios(cells, [1, 2], labels)
+    r = summ.ratios(cells, [1, 2], labels)
     assert set(r) == {"earlytom@0.15_vs_none", "earlytom@0.15_vs_vllm_evs@0.15",
                       "earlytom@0.10_vs_none", "earlytom@0.10_vs_vllm_evs@0.10"}
     assert r["earlytom@0.15_vs_vllm_evs@0.15"]["2"]["output_tokens_per_s"] == 1.25
@@ -241,7 +244,8 @@ def test_quick_run(tmp_path):
     assert report["checks"]["ignore_eos_honored"]
     assert report["checks"]["budget_matches"], report["checks"]
     assert report["model"]["tokens_per_frame"] == 196  # the tiny checkpoint's, from its config
-    assert report["model"]["sizes_from"] == "benchmarks.harness.TINY_SIZES"
+    assert report["model"]["sizes_from"] == families.sizes_source(families.get(families.DEFAULT),
+                                                                   quick=True)
     visual = {r["method"]: r["visual_tokens_expected"] for r in report["cells"]}
     assert visual["none"] == 4 * 196 + 1
     assert set(report["ratios"]) == {"earlytom_vs_none", "earlytom_vs_post_encoder",

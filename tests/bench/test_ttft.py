@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness  # noqa: E402
+from benchmarks.harness import families  # noqa: E402
 from earlytom_vllm.core.budget import video_token_budget  # noqa: E402
 
 pytestmark = pytest.mark.engine
@@ -72,7 +73,8 @@ def test_prompt_tokens_are_text_plus_budget_plus_newline(report, tiny_checkpoint
     text = report["config"]["text_tokens"]
     assert text > 0
     per_frame = report["config"]["tokens_per_frame"]
-    assert per_frame == harness.model_tokens_per_frame(tiny_checkpoint) == 196  # from the model
+    llava = families.get(families.DEFAULT)
+    assert per_frame == families.model_tokens_per_frame(llava, tiny_checkpoint) == 196
     for label, c in report["videos"]["scene"]["cells"].items():
         if c["method"] == "none":
             want = text + FRAMES * per_frame + 1
@@ -139,13 +141,14 @@ def qwen_report(tmp_path_factory):
 
 def test_qwen_cells_engines_and_exact_counts(qwen_report):
     cfg = qwen_report["config"]
-    fam = harness.FAMILIES["qwen2_5_vl"]
-    assert cfg["family"] == "qwen2_5_vl" and cfg["architecture"] == fam.arch
+    fam = families.get("qwen2_5_vl")
+    assert cfg["family"] == "qwen2_5_vl" and cfg["architecture"] == fam.architecture
     assert cfg["stage1_frames"] == QWEN_SLICES and cfg["tokens_per_frame"] == 256  # (448/28)^2
     assert cfg["earlytom_default"]["prune_layers"] == [7, 15, 23]  # the family's default
     per_frame = cfg["tokens_per_frame"]
     evs = cfg["engines"][f"vllm_evs@{QWEN_RATIO:.2f}"]
-    assert evs["video_pruning_rate"] == fam.evs_rate(FRAMES, per_frame, QWEN_RATIO)
+    assert evs["video_pruning_rate"] == families.vllm_pruning_rate(fam, FRAMES, per_frame,
+                                                                   QWEN_RATIO)
     assert cfg["engines"]["plugin"]["video_pruning_rate"] is None
     cells = qwen_report["videos"]["scene"]["cells"]
     assert set(cells) == {"none", f"vllm_evs@{QWEN_RATIO:.2f}", f"earlytom@{QWEN_RATIO:.2f}"}

@@ -439,3 +439,11 @@ def interpolate_compose(value: str, env: dict[str, str] | None = None) -> str:
         return env.get(name, "")
 
     return re.sub(r"\$\{(\w+)(?:(:-|-|:\?|\?)([^}]*))?\}", repl, value)
+
+
+def supported_vllm_versions() -> list[str]:
+    """The vLLM releases the Dockerfile lists for its VLLM_VERSION build argument (its
+    ``#   VLLM_VERSION: a | b | c`` line), the first being the default."""
+    m = re.search(r"^#\s+VLLM_VERSION: (.+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert m, "the Dockerfile lists the supported VLLM_VERSION values"
+    return [v.strip() for v in m.group(1).split("|")]

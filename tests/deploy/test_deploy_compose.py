@@ -18,6 +18,7 @@ from deploy_support import (
     interpolate_compose,
     load_yaml,
     settings_env_names,
+    supported_vllm_versions,
 )
 
 SCHEMA_PATH = DATA / "compose-spec.json"
@@ -161,3 +162,17 @@ def test_prometheus_and_grafana_mounts_match_configs(compose):
     home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith(dash_dir + "/") and (DOCKER / "grafana/dashboards" / home.rsplit("/", 1)[1]).is_file()
     assert graf["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+@pytest.mark.parametrize("chosen", [None, "0.33.0", "0.34.0"])
+def test_the_vllm_release_is_picked_by_one_variable(compose, chosen):
+    """EARLYTOM_VLLM_VERSION is the Dockerfile's VLLM_VERSION build argument and part of the
+    image tag (two releases never overwrite each other's image); unset, the Dockerfile's
+    default."""
+    env = {"EARLYTOM_VLLM_VERSION": chosen} if chosen else {}
+    svc = compose["services"]["earlytom"]
+    version = interpolate_compose(svc["build"]["args"]["VLLM_VERSION"], env)
+    assert version == (chosen or supported_vllm_versions()[0])
+    assert version in supported_vllm_versions()
+    image = interpolate_compose(svc["image"], env)
+    assert image == f"earlytom-vllm:0.1.0-vllm{version}" and PINNED_TAG.match(image)

@@ -24,6 +24,7 @@ from deploy_support import (
     dockerignore_rules,
     free_port,
     settings_env_names,
+    supported_vllm_versions,
 )
 from dockerfile_parse import DockerfileParser
 
@@ -62,14 +63,84 @@ def test_parses_multi_stage(parser):
     assert any(c.startswith("--from=builder") for c in copies)
 
 
+def global_args(parser, **build_args: str) -> dict[str, str]:
+    """The ARGs before the first FROM, each default substituted as docker does (an ARG may use
+    the ones above it), ``build_args`` as ``--build-arg`` would set them."""
+    out: dict[str, str] = {}
+    for ins in parser.structure:
+        if ins["instruction"] == "FROM":
+            break
+        if ins["instruction"] == "ARG":
+            name, _, default = ins["value"].partition("=")
+            value = build_args.get(name, default)
+            out[name] = re.sub(r"\$\{(\w+)\}", lambda m: out.get(m.group(1), ""), value)
+    return out
+
+
+def base_images(parser, **build_args: str) -> list[str]:
+    args = global_args(parser, **build_args)
+    return [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value.split()[0])
+            for value, _ in stages(parser)]
+
+
 def test_base_images_pinned(parser):
-    for image in parser.parent_images:
+    for image in base_images(parser):
         assert image and "latest" not in image
         name, _, tag = image.partition("@")[0].rpartition(":")
         assert name and re.fullmatch(r"v?\d+(\.\d+)+([-.\w]*)", tag), f"unpinned base {image!r}"
-    assert parser.baseimage.startswith("vllm/vllm-openai:v0.32.")
     text = DOCKERFILE.read_text()
     assert "@sha256:" in text, "document digest pinning"
+
+
+def test_the_vllm_release_is_a_build_argument(parser):
+    """VLLM_VERSION picks the base image among the releases the plugin supports (the same list
+    as the plugin's range and the contract test's sources); the default is the CPU engine's."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import vllm_sources
+
+    from earlytom_vllm.vllm.compat import SUPPORTED_VLLM
+
+    versions = supported_vllm_versions()
+    assert versions == ["0.32.0", *vllm_sources.SDISTS]
+    low, high = SUPPORTED_VLLM
+    assert [tuple(int(p) for p in v.split(".")[:2]) for v in versions] == \
+        [(0, m) for m in range(low[1], high[1])]
+    assert global_args(parser)["VLLM_VERSION"] == versions[0]
+    for version in versions:
+        assert set(base_images(parser, VLLM_VERSION=version)) == {f"vllm/vllm-openai:v{version}"}
+    # a digest-pinned image still goes through VLLM_IMAGE
+    pinned = "vllm/vllm-openai:v0.33.0@sha256:" + "0" * 64
+    assert set(base_images(parser, VLLM_IMAGE=pinned)) == {pinned}
+    # the runtime stage labels the image with its release
+    labels = " ".join(i["value"] for i in final_stage(parser) if i["instruction"] == "LABEL")
+    assert 'io.earlytom.vllm-version="${VLLM_VERSION}"' in labels
+    assert any(i["instruction"] == "ARG" and i["value"] == "VLLM_VERSION"
+               for i in final_stage(parser))
+
+
+def _release_check(parser) -> str:
+    """The runtime stage's ``python3 -c`` that refuses a base image with an unsupported vLLM."""
+    runs = " ".join(i["value"] for i in final_stage(parser) if i["instruction"] == "RUN")
+    m = re.search(r'python3 -c "([^"]*unsupported_vllm[^"]*)"', runs)
+    assert m, "the runtime stage checks the base image's vLLM release"
+    return m.group(1)
+
+
+@pytest.mark.parametrize(("installed", "ok"), [
+    ("0.32.0", True), ("0.34.1", True), ("0.31.2", False), ("0.35.0", False)])
+def test_a_base_image_with_an_unsupported_vllm_fails_the_build(parser, tmp_path, installed, ok):
+    """The check run against a distribution named ``vllm`` at ``installed`` (what the base image
+    ships): a release outside the range stops the build with the plugin's message."""
+    dist = tmp_path / f"vllm-{installed}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {installed}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", _release_check(parser)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode == 0) is ok, done.stderr
+    if not ok:
+        assert f"supports vLLM >=0.32,<0.35 (0.32, 0.33, 0.34); this is vLLM {installed}" \
+            in done.stderr
 
 
 def test_non_root_user(parser):

@@ -107,9 +107,9 @@ def test_compose_dp_merged_validates_against_the_spec(compose_dp):
 
 
 def test_compose_dp_is_documented():
-    readme = (DOCKER.parent / "README.md").read_text(encoding="utf-8")
-    assert "-f docker/compose.yaml -f docker/compose.dp.yaml" in readme
-    assert "EARLYTOM_DP_SIZE" in readme
+    guide = (DOCKER.parent / "docs" / "scale-out.md").read_text(encoding="utf-8")
+    assert "-f docker/compose.yaml -f docker/compose.dp.yaml" in guide
+    assert "EARLYTOM_DP_SIZE" in guide
 
 
 # ------------------------------------------------------------------------------------------------

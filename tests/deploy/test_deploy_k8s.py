@@ -7,7 +7,13 @@ import re
 import shlex
 
 import pytest
-from deploy_support import K8S_DIR, load_yaml, load_yaml_all, settings_env_names
+from deploy_support import (
+    K8S_DIR,
+    load_yaml,
+    load_yaml_all,
+    settings_env_names,
+    supported_vllm_versions,
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +144,15 @@ def test_service_selects_pods(objects, deployment, container):
     names = {p["name"] for p in container["ports"]}
     for port in svc["spec"]["ports"]:
         assert port["targetPort"] in names
+
+
+def test_the_vllm_release_is_picked_in_the_kustomization(container):
+    """The kustomization's image tag names a supported vLLM release (the Dockerfile's list), for
+    the image the Deployment runs; the manifest's own tag is the same release."""
+    [entry] = load_yaml(K8S_DIR / "kustomization.yaml")["images"]
+    name, _, tag = container["image"].rpartition(":")
+    assert entry["name"] == name
+    for t in (entry["newTag"], tag):
+        m = re.fullmatch(r"\d+(\.\d+)+-vllm(\d+\.\d+\.\d+)", t)
+        assert m and m.group(2) in supported_vllm_versions(), t
+    assert entry["newTag"] == tag

@@ -8,7 +8,7 @@ every scheme put in, a subtree replaced by arbitrary JSON, the bytes cut or flip
 over HTTP. For every response: no 5xx, an answer within the client timeout (no hang), and a body
 that conforms to the schema declared for its status (the completion, server-sent events, or the
 OpenAI error). Headers and paths are fuzzed too. Deterministic (derandomized) and bounded:
-``FUZZ_EXAMPLES`` (default 120 per test) scales a longer run (``make fuzz-long``).
+``FUZZ_EXAMPLES`` (default 120 per test) scales a longer run (``make fuzz-long``; see docs/reliability.md).
 
 The media fuzzer calls the parsers of untrusted strings and bytes (data URLs, base64, ``file://``
 paths, http(s) URLs and host names with DNS stubbed out, image and video bytes) and requires that

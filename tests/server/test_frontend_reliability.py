@@ -2,7 +2,7 @@
 
 Each class of input is a parametrized case: the front end answers a 4xx (never a 5xx) with an
 OpenAI-style body naming the parameter where there is one, the request id in the header and the
-body, and the next request on the SAME connection succeeds. RELIABILITY.md counts these cases.
+body, and the next request on the SAME connection succeeds. docs/reliability.md counts these cases.
 """
 
 from __future__ import annotations

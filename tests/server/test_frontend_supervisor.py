@@ -26,7 +26,10 @@ from frontend_fakes import (
 from earlytom_server.app import create_app
 from earlytom_server.cli import example_request, settings_from_args
 from earlytom_server.settings import Settings
-from earlytom_server.supervisor import ARCHITECTURE, backend_env, build_vllm_command
+from earlytom_server.supervisor import backend_env, build_vllm_command
+from earlytom_vllm.families import get as get_family
+
+ARCHITECTURE = get_family("llava_onevision").architecture  # the default family
 
 HERE = Path(__file__).parent
 FAKE = str(HERE / "frontend_fakes.py")
@@ -94,7 +97,7 @@ def test_vllm_accepts_the_command_line(tmp_path):
     vLLM)."""
     code = (
         "import json, sys\n"
-        "from vllm.entrypoints.launchers.cli_args import make_arg_parser\n"
+        "from earlytom_vllm.vllm.compat import make_arg_parser\n"
         "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
         "args = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[1:])\n"
         "print(json.dumps({'hf': args.hf_overrides, 'media': args.media_io_kwargs,\n"

@@ -50,11 +50,12 @@ def last_trace(llm):
 def test_plugin_registers_architecture_idempotently():
     from vllm import ModelRegistry
 
-    from earlytom_vllm.vllm.plugin import ARCHITECTURE, register
+    from earlytom_vllm.families import get
+    from earlytom_vllm.vllm.plugin import register
 
     register()
     register()
-    assert ARCHITECTURE == ARCH
+    assert get("llava_onevision").architecture == ARCH
     assert ARCH in ModelRegistry.get_supported_archs()
 
 
@@ -252,11 +253,12 @@ def test_default_request_adds_no_sync_or_host_copy_to_the_core(llm, monkeypatch)
 
     from earlytom_vllm.core import compress_video
     from earlytom_vllm.vllm import llava_onevision as ov
+    from earlytom_vllm.vllm import processing
 
     def forbidden(*args, **kwargs):
         raise AssertionError("trace machinery on the serving path")
 
-    monkeypatch.setattr(ov, "trace_clock", forbidden)
+    monkeypatch.setattr(processing, "trace_clock", forbidden)
     monkeypatch.setattr(ov, "record_trace", forbidden)
     pixels = torch.rand(8, 3, 384, 384, generator=torch.Generator().manual_seed(3)) * 2 - 1
     plan = VideoPlan(8, 196, 1, EarlyTomConfig(retain_ratio=0.1))

@@ -68,9 +68,9 @@ def expected_count(slices: int, per_slice: int, r: float) -> int:
 
 @pytest.fixture(scope="module")
 def qwen_checkpoint():
-    from earlytom_vllm.checkpoints import ensure_qwen_checkpoint
+    from earlytom_vllm.checkpoints import ensure
 
-    return ensure_qwen_checkpoint()
+    return ensure("qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
@@ -205,11 +205,13 @@ def rule_positions(trace: dict, t_factor: float = FPS / 2 * TOKENS_PER_SECOND):
 def test_plugin_registers_the_qwen_architecture():
     from vllm import ModelRegistry
 
-    from earlytom_vllm.vllm.plugin import ARCHITECTURES, QWEN2_5_VL_ARCHITECTURE, register
+    from earlytom_vllm.families import architectures, family_for_config, get
+    from earlytom_vllm.vllm.plugin import register
 
     register()
     register()
-    assert QWEN2_5_VL_ARCHITECTURE == ARCH and ARCH in ARCHITECTURES
+    assert get("qwen2_5_vl").architecture == ARCH and ARCH in architectures()
+    assert family_for_config({"model_type": "qwen2_5_vl"}).architecture == ARCH
     assert ARCH in ModelRegistry.get_supported_archs()
 
 
@@ -383,7 +385,7 @@ def test_family_defaults_and_profiling_dummy(qllm):
     processor = MULTIMODAL_REGISTRY.create_processor(qllm.llm_engine.model_config)
     info = processor.info
     assert info.earlytom_defaults.prune_layers == (7, 15, 23)
-    assert info.earlytom_full_attention_blocks() == (7, 15, 23, 31)
+    assert info.family.full_attention_blocks(info.get_hf_config()) == (7, 15, 23, 31)
     assert info.get_num_frames_with_most_features(8192, {"video": 1}) == 32  # max_frames
     dummy = processor.get_dummy_mm_inputs({"video": 1})
     (placeholder,) = dummy["mm_placeholders"]["video"]
