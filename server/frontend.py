@@ -144,6 +144,10 @@ class FrontEnd:
                            f"{', '.join(ids)})", param="model", code="model_not_found")
         return requested
 
+    def model_card(self, model: str) -> dict[str, Any] | None:
+        """``model``'s ``/v1/models`` entry from a ready backend."""
+        return next((m for m in self.pool.models() if str(m.get("id")) == model), None)
+
     def _label_model(self, requested: Any) -> str:
         """The model label for a request that may fail validation (known names only)."""
         ids = [str(m.get("id")) for m in self.pool.models()]
@@ -225,7 +229,8 @@ class FrontEnd:
         try:
             body, req = await self._read_request(request, labels, declared, deadline,
                                                  ChatCompletionRequest, REJECTED_FIELDS)
-            overrides, frames_as_video, cfg = self.prepare.parse_earlytom(req, body)
+            overrides, frames_as_video, cfg = self.prepare.parse_earlytom(
+                req, body, self.model_card(labels.model))
             labels.method = cfg.effective_method
         except APIError as exc:
             return self._refuse(labels, exc)
@@ -374,7 +379,8 @@ class FrontEnd:
         upstream["model"] = labels.model
         key = None
         if chat_form:
-            overrides, frames_as_video, cfg = self.prepare.parse_earlytom(req, body)
+            overrides, frames_as_video, cfg = self.prepare.parse_earlytom(
+                req, body, self.model_card(labels.model))
             prepared = await self.unless_disconnected(
                 request, self.prepare.prepare(upstream, frames_as_video=frames_as_video), deadline)
             upstream = prepared.body

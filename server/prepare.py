@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -26,8 +26,12 @@ from earlytom_server.errors import APIError
 from earlytom_server.media import MediaError, MediaProcessor, PreparedVideo
 from earlytom_server.schemas import ChatCompletionRequest
 from earlytom_server.settings import Settings
+from earlytom_server.supervisor import checkpoint_config
 from earlytom_vllm import EarlyTomConfig
 from earlytom_vllm.config import EarlyTomConfigError, request_config
+
+if TYPE_CHECKING:
+    from earlytom_vllm.families import Family
 
 #: Deepest nesting of objects/arrays a request body may have (vLLM's own requests nest < 10).
 MAX_JSON_DEPTH = 64
@@ -227,6 +231,33 @@ class Prepared:
 
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A served checkpoint's family (``earlytom_vllm.families``), its ``config.json`` and the
+    server-wide settings the engine serves it with."""
+
+    family: Family
+    config: dict[str, Any]
+    defaults: EarlyTomConfig
+
+
+def served_model(root: str, overrides: Mapping[str, Any]) -> ServedModel | None:
+    """The family of checkpoint ``root`` (vLLM's ``root`` of a served model: a path, or a hub
+    name in the local cache) and its defaults with the server-wide ``overrides`` (the
+    ``--hf-overrides`` earlytom object). None when its config cannot be read here (a backend on
+    another host) or names no family: the engine then checks the settings alone."""
+    from earlytom_vllm.families import family_for_config
+
+    config = checkpoint_config(root)
+    family = family_for_config(config) if config else None
+    if family is None:
+        return None
+    try:
+        return ServedModel(family, config, family.server_defaults(config, overrides))
+    except (EarlyTomConfigError, ValueError, KeyError, TypeError):  # the engine refuses to
+        return None  # start with these settings or this config, and says why
+
+
 class Preparer:
     """Reads, checks and rewrites request bodies (the body limits, the ``earlytom`` settings,
     the media parts) for the front end's routes."""
@@ -235,6 +266,7 @@ class Preparer:
         self.settings = settings
         self.media = media
         self.default_cfg = settings.earlytom_config
+        self._served: dict[str, ServedModel | None] = {}  # per checkpoint root
 
     def declared_length(self, request: Request) -> int | None:
         """The request's Content-Length (413 beyond the body limit; 400 if not a number)."""
@@ -285,10 +317,25 @@ class Preparer:
                            code="request_timeout", headers={"connection": "close"}) from None
         return parse_json_body(raw)
 
-    def parse_earlytom(self, req: ChatCompletionRequest, body: dict[str, Any]
+    def served(self, card: Mapping[str, Any] | None) -> ServedModel | None:
+        """What is known here of the model a backend serves as ``card`` (its ``/v1/models``
+        entry), read once per checkpoint (see :func:`served_model`)."""
+        root = card.get("root") if card is not None else None
+        if not isinstance(root, str) or not root or not self.settings.earlytom_arch:
+            return None
+        if root not in self._served:
+            self._served[root] = served_model(
+                root, {"max_frames": self.settings.num_frames, **self.settings.compression})
+        return self._served[root]
+
+    def parse_earlytom(self, req: ChatCompletionRequest, body: dict[str, Any],
+                       card: Mapping[str, Any] | None = None
                        ) -> tuple[dict[str, Any], bool, EarlyTomConfig]:
-        """(overrides to forward, frames_as_video, effective config)."""
+        """(overrides to forward, frames_as_video, effective config). ``card``: the served
+        model's ``/v1/models`` entry: where its family is known, the settings are validated as
+        the engine validates them (its defaults, its encoder), else against the server's."""
         overrides: dict[str, Any] = {}
+        inner: Any = None
         mm = body.get("mm_processor_kwargs")
         if mm is not None:
             for key in mm:
@@ -307,11 +354,17 @@ class Preparer:
             raise APIError(400, f"earlytom.frames_as_video must be true or false, got "
                            f"{frames_as_video!r}", param="earlytom.frames_as_video",
                            code="invalid_value")
+        served = self.served(card)
         try:  # the engine's processor validates with the same function
-            cfg = request_config(self.default_cfg, overrides)
+            cfg = (request_config(self.default_cfg, overrides) if served is None else
+                   served.family.request_config(served.defaults, overrides, served.config))
         except EarlyTomConfigError as exc:
-            raise APIError(400, f"invalid earlytom setting: {exc}", param=exc.field,
-                           code="invalid_value") from None
+            # named as the client sent it: top-level earlytom wins over mm_processor_kwargs'
+            key = exc.field.split(".")[1] if exc.field.startswith("earlytom.") else None
+            where = "mm_processor_kwargs." if key is not None and key in (inner or {}) and \
+                key not in (req.earlytom or {}) else ""
+            raise APIError(400, f"invalid earlytom setting: {where}{exc}",
+                           param=where + exc.field, code="invalid_value") from None
         except (TypeError, ValueError, OverflowError) as exc:  # e.g. a number past float range
             raise APIError(400, f"invalid earlytom setting: {exc}", param="earlytom",
                            code="invalid_value") from None

@@ -170,7 +170,8 @@ EARLYTOM_SCHEMA: dict[str, Any] = {
             "type": "array", "minItems": 1, "uniqueItems": True,
             "items": {"type": "integer", "minimum": 0, "maximum": _MAX_INT},
             "description": "encoder layers after which frames merge, strictly increasing; the "
-            "last must exist in the model's vision encoder (else 400)"},
+            "last must exist in the served model's vision encoder and, where it mixes windowed "
+            "and full attention (Qwen2.5-VL), be a full-attention block (else 400)"},
         "tau": {**_unit(lo_open=False), "description": "segmentation threshold"},
         "max_window": {"type": "integer", "minimum": 2, "maximum": _MAX_INT},
         "ema": {**_unit(lo_open=True), "description": "similarity smoothing factor"},

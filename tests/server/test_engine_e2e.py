@@ -615,9 +615,10 @@ def test_the_served_api_conforms_to_its_schema_on_the_engine(served, tmp_path):
     from test_frontend_schemathesis import SEED, run_schemathesis
 
     from earlytom_vllm.checkpoints import ensure_tiny_checkpoint
+    from earlytom_vllm.families import family_for_config
 
     config = json.loads((ensure_tiny_checkpoint() / "config.json").read_text())
-    facts = {"depth": config["vision_config"]["num_hidden_layers"],
+    facts = {"depth": family_for_config(config).encoder_depth(config),
              "vocab": config["text_config"]["vocab_size"], "images": 1, "videos": 1,
              "max_tokens": 2, "n": 1}
     run_schemathesis(served.url, tmp_path, examples=3, seed=SEED, timeout=600,
