@@ -57,8 +57,12 @@ audit: venv
 audit-latest: venv
 	$(PY) scripts/audit_latest.py
 
-# The fuzzers of tests/server/test_frontend_fuzz.py at 1000 examples per property (~2.5 min).
+# Longer fuzzing: schemathesis against the fake-backend front end at 300 cases per operation and
+# phase (SCHEMATHESIS_SEED=N for another seed), and the fuzzers of test_frontend_fuzz.py at 1000
+# examples per property.
 fuzz-long: venv
+	SCHEMATHESIS_EXAMPLES=300 $(PY) -m pytest -q tests/server/test_frontend_schemathesis.py \
+		-k conforms
 	FUZZ_EXAMPLES=1000 $(PY) -m pytest -q tests/server/test_frontend_fuzz.py
 
 bench-load: venv

@@ -145,3 +145,25 @@ def normalize_error_body(status: int, raw: bytes) -> dict[str, Any]:
         return error_body(status, str(data["detail"])[:1000])
     text = raw.decode("utf-8", "replace").strip()[:500]
     return error_body(status, text or f"backend returned HTTP {status}")
+
+
+def backend_error_response(response: Any, *, client_fields: Mapping[str, Any] | None = None
+                           ) -> tuple[int, JSONResponse]:
+    """A backend's error answer (an httpx response) in the front end's shape: its status (a 500,
+    or a non-error, becomes 502) and :func:`normalize_error_body`'s body. ``client_fields``: the
+    request's top-level ``earlytom`` object, which travelled as ``mm_processor_kwargs.earlytom``:
+    a ``param`` naming one of its keys is given back under the name the client sent."""
+    status = response.status_code
+    if status == 500 or status < 400:
+        status = 502
+    body = normalize_error_body(status, response.content)
+    err = body["error"]
+    prefix = "mm_processor_kwargs.earlytom."
+    param = err.get("param")
+    if client_fields and isinstance(param, str) and param.startswith(prefix) and \
+            param[len(prefix):].split(".")[0].split("[")[0] in client_fields:
+        renamed = "earlytom." + param[len(prefix):]
+        err["param"] = renamed
+        if err["message"].startswith(param):
+            err["message"] = renamed + err["message"][len(param):]
+    return status, JSONResponse(body, status_code=status)

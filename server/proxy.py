@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from earlytom_server.errors import APIError, normalize_error_body
+from earlytom_server.errors import REQUEST_ID, APIError, normalize_error_body
 from earlytom_server.metrics import Metrics
 from earlytom_server.vllm_rules import release_of
 
@@ -339,6 +339,36 @@ class BackendPool:
             self.report_failure(backend, _describe(exc))
             raise BackendFailed(_describe(exc)) from exc
         return response
+
+    async def send_picked(self, model: str, path: str, content: bytes, *, stream: bool,
+                          key: str | None = None) -> tuple[Any, Backend]:
+        """Send to the backend :meth:`pick` picks (``key``: the request's media affinity key);
+        retry elsewhere if it cannot be reached. A streamed 200 response stays open and keeps
+        the backend's in-flight count."""
+        tried: set[int] = set()
+        last: BackendUnavailable | None = None
+        while True:
+            backend = self.pick(model, tried, key=key)
+            if backend is None:
+                if last is not None:
+                    raise last
+                raise APIError(503, "no backend serving this model is ready",
+                               code="backend_unavailable")
+            tried.add(id(backend))
+            backend.in_flight += 1
+            try:
+                response = await self.send(backend, path, content, stream=stream,
+                                           request_id=REQUEST_ID.get())
+            except BackendUnavailable as exc:
+                backend.in_flight -= 1
+                last = exc
+                continue
+            except BaseException:
+                backend.in_flight -= 1
+                raise
+            if not stream or response.status_code != 200:
+                backend.in_flight -= 1
+            return response, backend
 
 
 def rendezvous_score(key: str, url: str) -> int:

@@ -92,8 +92,9 @@ class Settings(BaseSettings):
     drain_grace: float = Field(30.0, ge=0)
     """On SIGTERM: seconds in-flight requests and streams get to finish while new ones get 503;
     then the backend is stopped and the process exits 0."""
-    expose_openapi: bool = False
-    """Serve the OpenAPI schema at /openapi.json (off by default: it adds nothing a client needs)."""
+    expose_openapi: bool = True
+    """Serve the OpenAPI schema at /openapi.json and its pages at /docs and /redoc, as vLLM does
+    (no CDN: the pages' assets are served locally). --no-expose-openapi: none of them."""
 
     # -- backends --------------------------------------------------------------------------------
     backends: Annotated[list[str], NoDecode] = Field(

@@ -20,7 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError, check_prune_layers
+from earlytom_vllm.config import (
+    EarlyTomConfig,
+    EarlyTomConfigError,
+    check_prune_layers,
+    request_config,
+)
 from earlytom_vllm.plan import video_rows
 
 _MISSING = object()
@@ -172,6 +177,17 @@ class Family:
             return self.check(self.defaults_for(model_config).merged(overrides), model_config)
         except EarlyTomConfigError as exc:
             raise exc.under("hf_overrides.earlytom") from None
+
+    def request_config(self, defaults: EarlyTomConfig, overrides: Any, model_config: Any
+                       ) -> EarlyTomConfig:
+        """A request's effective settings: ``defaults`` (:meth:`server_defaults`) with the
+        request's ``earlytom`` object applied, checked against the model. The one request
+        validation path: the engine's processor and the front end both call it, so they refuse
+        the same settings with the same message. Errors name ``earlytom.<field>``."""
+        try:
+            return self.check(request_config(defaults, overrides), model_config)
+        except EarlyTomConfigError as exc:
+            raise (exc if exc.field.startswith("earlytom") else exc.under("earlytom")) from None
 
     def rows(self, units: int, config: EarlyTomConfig, tokens_per_frame: int) -> int:
         """Placeholder tokens (= embedding rows) of one video of ``units`` encoder frames."""

@@ -26,7 +26,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
-from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError, request_config
+from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError
 from earlytom_vllm.core import VideoCompression, VisionTower, compress_video
 from earlytom_vllm.families import Family
 from earlytom_vllm.metrics import VisualTokenCounters
@@ -81,12 +81,11 @@ class EarlyTomInfo:
     def resolve_config(self, hf_kwargs: Mapping[str, object]) -> EarlyTomConfig:
         """The request's effective config; raises an error naming ``earlytom.<field>``."""
         overrides = hf_kwargs.get(KWARG)
-        try:
-            config = request_config(self.earlytom_defaults, overrides)
-            return self.family.check(config, self.get_hf_config())
+        try:  # the front end validates with the same call (server/prepare.py)
+            return self.family.request_config(self.earlytom_defaults, overrides,
+                                              self.get_hf_config())
         except EarlyTomConfigError as exc:
-            field = exc if exc.field.startswith(KWARG) else exc.under(KWARG)
-            raise EarlyTomValidationError(field, where="mm_processor_kwargs",
+            raise EarlyTomValidationError(exc, where="mm_processor_kwargs",
                                           value=overrides) from None
 
     def get_hf_processor(self, **kwargs: object):

@@ -61,7 +61,8 @@ def _last_text(body: dict[str, Any]) -> str:
 
 
 def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hello", " world", "!"),
-                      ) -> FastAPI:
+                      root: str | None = None) -> FastAPI:
+    """``root``: the checkpoint ``/v1/models`` names, as vLLM does (unset: none)."""
     app = FastAPI()
     app.state.received = []  # request bodies, in order
     app.state.headers = []  # their headers
@@ -81,8 +82,8 @@ def make_fake_backend(model: str = "fake-model", words: tuple[str, ...] = ("Hell
 
     @app.get("/v1/models")
     async def models() -> Any:
-        return {"object": "list", "data": [{"id": model, "object": "model",
-                                            "owned_by": "fake", "max_model_len": 4096}]}
+        card = {"id": model, "object": "model", "owned_by": "fake", "max_model_len": 4096}
+        return {"object": "list", "data": [{**card, "root": root} if root else card]}
 
     @app.get("/metrics")
     async def metrics() -> Any:

@@ -8,6 +8,7 @@ and puts both behind a second front end. Run: ``pytest -m engine tests/server``.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -605,6 +606,23 @@ def test_relayed_routes_against_the_engine(served):
         metrics = c.get("/metrics").text
     assert f'earlytom_time_to_first_token_seconds_count{{method="none",model_name="{served.model}"}}' \
         in metrics
+
+
+def test_the_served_api_conforms_to_its_schema_on_the_engine(served, tmp_path):
+    """schemathesis (every check) against earlytom-serve on the real engine: a short run (3 cases
+    per operation and phase, the fake-backend run's seed), with the served model's facts the
+    schema cannot know (encoder depth, vocabulary, media per prompt) and short generations."""
+    from test_frontend_schemathesis import SEED, run_schemathesis
+
+    from earlytom_vllm.checkpoints import ensure_tiny_checkpoint
+    from earlytom_vllm.families import family_for_config
+
+    config = json.loads((ensure_tiny_checkpoint() / "config.json").read_text())
+    facts = {"depth": family_for_config(config).encoder_depth(config),
+             "vocab": config["text_config"]["vocab_size"], "images": 1, "videos": 1,
+             "max_tokens": 2, "n": 1}
+    run_schemathesis(served.url, tmp_path, examples=3, seed=SEED, timeout=600,
+                     env={"SCHEMATHESIS_ENGINE": json.dumps(facts)})
 
 
 # -- faults -------------------------------------------------------------------------------------------

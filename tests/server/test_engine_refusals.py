@@ -4,8 +4,9 @@ Everything here passes the front end's own checks and is refused by vLLM (CPU, t
 plugin, the tiny checkpoint): what the client receives must still be an OpenAI error with the right
 status, and the next request must be served. One server for the module (its start dominates).
 
-- prune layers past the encoder's depth (the tiny checkpoint's SigLIP has 26 layers; only the
-  engine's processor knows the depth);
+- prune layers past the encoder's depth (the tiny checkpoint's SigLIP has 26 layers): the front
+  end, which reads the served checkpoint's family and config, refuses them before vLLM with the
+  engine's own check (``Family.request_config``; the engine's side: tests/vllm/test_plugin.py);
 - a video the engine will not decode: its frames are larger than vLLM's frame-pixel limit
   (``VLLM_MAX_IMAGE_PIXELS``, checked by vLLM's video decoder and not by the front end), lowered for
   this server to 5000 pixels so that an ordinary 96x64 clip exceeds it while a 64x48 one does not;
@@ -100,7 +101,7 @@ def test_prune_layers_past_the_encoder_depth_are_a_400_from_the_engine(engine, p
     r = post(engine, video_content(data_url(engine.video)),
              earlytom={"prune_layers": prune_layers})
     err = openai_error(r, 400)
-    assert f"depth {DEPTH}" in err["message"]  # only the engine knows the depth
+    assert f"depth {DEPTH}" in err["message"]  # the served model's depth
     assert err["param"] is not None and err["param"].endswith("earlytom.prune_layers")
     assert_serves(engine)
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from frontend_fakes import png_bytes, video_message
 
-from earlytom_server.app import canonical_earlytom, encode_upstream
+from earlytom_server.prepare import canonical_earlytom, encode_upstream
 from earlytom_vllm import EarlyTomConfig
 from earlytom_vllm.config import request_config
 

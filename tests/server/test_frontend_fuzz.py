@@ -1,13 +1,14 @@
-"""Property-based fuzzing of the HTTP API from the OpenAPI schema FastAPI publishes, against a
-fake backend, and of the media parsers directly.
+"""Property-based fuzzing of what schemathesis cannot send, against a fake backend, and of the media
+parsers directly.
 
-The API fuzzer draws request bodies from the schema of ``POST /v1/chat/completions``
-(``schema_strategies.from_schema`` over ``app.openapi()``, the document ``--expose-openapi`` serves),
-mixes in media URLs of every scheme, mutates the bodies (a subtree replaced by arbitrary JSON,
-the bytes cut or flipped) and sends each one over HTTP. For every response: no 5xx, an answer
-within the client timeout (no hang), and a body that conforms to the schema declared for its
-status (the completion, server-sent events, or the OpenAI error). Deterministic (derandomized)
-and bounded: ``FUZZ_EXAMPLES`` (default 120 per test) scales a longer run, see docs/reliability.md.
+The contract itself (every route, valid and invalid bodies drawn from the published schema, every
+answer checked against it) is ``test_frontend_schemathesis.py``'s. Here: bodies drawn from the
+same schema by schemathesis' own generator, then broken below the schema's level -- media URLs of
+every scheme put in, a subtree replaced by arbitrary JSON, the bytes cut or flipped -- and sent
+over HTTP. For every response: no 5xx, an answer within the client timeout (no hang), and a body
+that conforms to the schema declared for its status (the completion, server-sent events, or the
+OpenAI error). Headers and paths are fuzzed too. Deterministic (derandomized) and bounded:
+``FUZZ_EXAMPLES`` (default 120 per test) scales a longer run (``make fuzz-long``; see docs/reliability.md).
 
 The media fuzzer calls the parsers of untrusted strings and bytes (data URLs, base64, ``file://``
 paths, http(s) URLs and host names with DNS stubbed out, image and video bytes) and requires that
@@ -26,10 +27,10 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
+import schemathesis
 from frontend_fakes import jpeg_bytes, png_bytes, write_mp4
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schema_strategies import from_schema
 
 from earlytom_server.media import (
     MediaError,
@@ -63,9 +64,10 @@ def component(openapi: dict, ref_or_schema: dict) -> dict:
     return {**ref_or_schema, "components": openapi["components"]}
 
 
-def request_schema(openapi: dict) -> dict:
-    body = openapi["paths"][CHAT]["post"]["requestBody"]["content"]["application/json"]
-    return component(openapi, body["schema"])
+def bodies_from_the_schema(openapi: dict, path: str) -> st.SearchStrategy[dict]:
+    """Request bodies of ``POST path`` that the published schema allows (schemathesis' generator)."""
+    operation = schemathesis.openapi.from_dict(openapi)[path]["POST"]
+    return operation.as_strategy().map(lambda case: case.body)
 
 
 def response_validator(openapi: dict, status: int) -> jsonschema.Draft202012Validator:
@@ -80,7 +82,8 @@ def test_the_schema_declares_the_chat_route(openapi):
     post = openapi["paths"][CHAT]["post"]
     assert post["requestBody"]["required"] is True
     assert {"200", "400", "413", "429", "503"} <= set(post["responses"])
-    jsonschema.Draft202012Validator.check_schema(request_schema(openapi))
+    body = post["requestBody"]["content"]["application/json"]
+    jsonschema.Draft202012Validator.check_schema(component(openapi, body["schema"]))
 
 
 # -- strategies -----------------------------------------------------------------------------------------
@@ -128,8 +131,8 @@ def _with_media(body: dict, urls: list[str]) -> dict:
 
 
 @st.composite
-def chat_bodies(draw, schema: dict) -> bytes:
-    body = draw(from_schema(schema))
+def chat_bodies(draw, bodies: st.SearchStrategy[dict]) -> bytes:
+    body = draw(bodies)
     body = _with_media(body, draw(st.lists(_media_urls(), max_size=3)))
     body.pop("stream", None) if draw(st.booleans()) else None
     mode = draw(st.sampled_from(["as is", "as is", "subtree", "bytes"]))
@@ -160,13 +163,13 @@ def check_response(openapi: dict, r: httpx.Response) -> None:
     assert r.headers["x-request-id"]
 
 
-def fuzz_route(c: httpx.Client, path: str, schema: dict, check) -> dict[int, int]:
-    """POST fuzzed bodies drawn from ``schema`` to ``path``; ``check(response)`` each answer;
+def fuzz_route(c: httpx.Client, openapi: dict, path: str, check) -> dict[int, int]:
+    """POST fuzzed bodies drawn from the schema of ``path``; ``check(response)`` each answer;
     how many answers of each status."""
     seen: dict[int, int] = {}
 
     @FUZZ
-    @given(chat_bodies(schema))
+    @given(chat_bodies(bodies_from_the_schema(openapi, path)))
     def send(raw: bytes) -> None:
         r = c.post(path, content=raw, headers={"content-type": "application/json"})
         check(r)
@@ -177,9 +180,8 @@ def fuzz_route(c: httpx.Client, path: str, schema: dict, check) -> dict[int, int
 
 
 def test_fuzz_chat_from_the_openapi_schema(openapi, front, fake_backend):
-    schema = request_schema(openapi)
     with httpx.Client(base_url=front.url, timeout=15) as c:
-        seen = fuzz_route(c, CHAT, schema, lambda r: check_response(openapi, r))
+        seen = fuzz_route(c, openapi, CHAT, lambda r: check_response(openapi, r))
         assert c.post(CHAT, json={"messages": [{"role": "user", "content": "hi"}]}
                       ).status_code == 200
     assert 200 in seen and 400 in seen, seen  # the fuzzer reached both sides
@@ -188,7 +190,7 @@ def test_fuzz_chat_from_the_openapi_schema(openapi, front, fake_backend):
 @pytest.mark.parametrize(("path", "schema_name"), [
     ("/v1/completions", "CompletionRequest"),
     ("/tokenize", "TokenizeRequest"),
-    ("/detokenize", "TokenizeRequest"),
+    ("/detokenize", "DetokenizeRequest"),
 ])
 def test_fuzz_relayed_routes_from_the_openapi_schema(openapi, front, fake_backend, path,
                                                      schema_name):
@@ -206,7 +208,7 @@ def test_fuzz_relayed_routes_from_the_openapi_schema(openapi, front, fake_backen
             response_validator(openapi, r.status_code).validate(r.json())
 
     with httpx.Client(base_url=front.url, timeout=15) as c:
-        seen = fuzz_route(c, path, schema, check)
+        seen = fuzz_route(c, openapi, path, check)
     assert 400 in seen, seen
 
 

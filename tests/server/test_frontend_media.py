@@ -18,11 +18,11 @@ from earlytom_server.media import (
     MediaError,
     MediaPolicy,
     MediaProcessor,
-    address_problem,
     inspect_video_file,
     parse_data_url,
     sample_indices,
 )
+from earlytom_server.media_sources import address_problem
 
 
 def run(coro):

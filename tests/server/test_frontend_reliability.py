@@ -19,8 +19,8 @@ import httpx
 import pytest
 from frontend_fakes import png_bytes, video_message, wait_for, write_mp4
 
-from earlytom_server.app import MAX_JSON_DEPTH, MAX_JSON_ITEMS
 from earlytom_server.guard import RequestIdFilter, request_id_from
+from earlytom_server.prepare import MAX_JSON_DEPTH, MAX_JSON_ITEMS
 
 CHAT = "/v1/chat/completions"
 VPARAM = "messages[0].content[0].video_url.url"
@@ -277,7 +277,7 @@ def test_an_unexpected_error_mid_stream_ends_the_stream_with_an_error_event(fron
             yield event
             raise RuntimeError("injected fault mid-stream")
 
-    monkeypatch.setattr("earlytom_server.app.relay_sse", faulty)
+    monkeypatch.setattr("earlytom_server.relay.relay_sse", faulty)
     with httpx.Client(base_url=front.url, timeout=30) as c:
         r = c.post(CHAT, json=ok_body(stream=True))
         assert r.status_code == 200
@@ -476,13 +476,13 @@ def test_total_request_time_cap(make_front, fake_backend):
 # -- the schema ------------------------------------------------------------------------------------------
 
 
-def test_openapi_is_served_only_when_asked(make_front, fake_backend, front):
+def test_openapi_is_served_by_default_unless_turned_off(make_front, fake_backend, front):
     with httpx.Client(base_url=front.url) as c:
-        assert c.get("/openapi.json").status_code == 404
-    exposed = make_front(backends=[fake_backend.url], expose_openapi=True)
-    with httpx.Client(base_url=exposed.url) as c:
         schema = c.get("/openapi.json").json()
-    assert schema == json.loads(json.dumps(exposed.app.openapi()))
+    assert schema == json.loads(json.dumps(front.app.openapi()))
     body = schema["paths"][CHAT]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    hidden = make_front(backends=[fake_backend.url], expose_openapi=False)
+    with httpx.Client(base_url=hidden.url) as c:
+        assert c.get("/openapi.json").status_code == 404
     assert "429" in schema["paths"][CHAT]["post"]["responses"]

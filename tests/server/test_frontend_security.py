@@ -17,7 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from frontend_fakes import ServerThread, jpeg_bytes, png_bytes, wait_for, write_mp4
 
-from earlytom_server.media import MAX_REDIRECTS, MediaError, MediaPolicy, MediaProcessor
+from earlytom_server.media import MediaError, MediaPolicy, MediaProcessor
+from earlytom_server.media_sources import MAX_REDIRECTS
 
 PNG = png_bytes((10, 20, 30), (32, 24))
 JPEG = jpeg_bytes((200, 10, 10), (32, 24))
