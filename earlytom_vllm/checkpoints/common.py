@@ -74,6 +74,26 @@ def padded_vocab(tokenizer: Any) -> int:
     return 64 * ((len(tokenizer) + 63) // 64)
 
 
+def text_config(tokenizer: Any, sizes: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any]:
+    """The language model every family's tiny checkpoint shares (the Qwen2 layout: widths from
+    ``sizes``, the tokenizer's pad / end-of-turn ids, tied embeddings), with ``rope``."""
+    ids = special_ids(tokenizer, (PAD_TOKEN, IM_END))
+    return {
+        "vocab_size": padded_vocab(tokenizer),
+        "hidden_size": sizes["text_hidden"],
+        "intermediate_size": sizes["text_intermediate"],
+        "num_hidden_layers": sizes["text_layers"],
+        "num_attention_heads": sizes["text_heads"],
+        "num_key_value_heads": sizes["text_kv_heads"],
+        "max_position_embeddings": MAX_POSITIONS,
+        "rope_parameters": rope,
+        "tie_word_embeddings": True,
+        "bos_token_id": ids[PAD_TOKEN],
+        "eos_token_id": ids[IM_END],
+        "pad_token_id": ids[PAD_TOKEN],
+    }
+
+
 _CORPUS_LINES = (
     "A person walks into the kitchen, opens the fridge and takes out a bottle of milk.",
     "The video shows a red car driving along a coastal road at sunset.",

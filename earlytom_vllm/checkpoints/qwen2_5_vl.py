@@ -14,13 +14,14 @@ from typing import Any
 from earlytom_vllm.checkpoints.common import (
     IM_END,
     IM_START,
-    MAX_POSITIONS,
     PAD_TOKEN,
     TINY_SIZES,
     Recipe,
-    padded_vocab,
     special_ids,
     validate_sizes,
+)
+from earlytom_vllm.checkpoints.common import (
+    text_config as lm_config,
 )
 
 PATCH_SIZE = 14
@@ -83,21 +84,8 @@ class Qwen2_5_VLRecipe(Recipe):
         depth = sizes["vision_layers"]
         half = sizes["text_hidden"] // sizes["text_heads"] // 2  # rotary frequencies per head
         mrope = [half // 4, 3 * half // 8, 3 * half // 8]  # 7B: head 128 -> [16, 24, 24]
-        text = {
-            "vocab_size": padded_vocab(tokenizer),
-            "hidden_size": sizes["text_hidden"],
-            "intermediate_size": sizes["text_intermediate"],
-            "num_hidden_layers": sizes["text_layers"],
-            "num_attention_heads": sizes["text_heads"],
-            "num_key_value_heads": sizes["text_kv_heads"],
-            "max_position_embeddings": MAX_POSITIONS,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                "mrope_section": mrope},
-            "tie_word_embeddings": True,
-            "bos_token_id": ids[PAD_TOKEN],
-            "eos_token_id": ids[IM_END],
-            "pad_token_id": ids[PAD_TOKEN],
-        }
+        text = lm_config(tokenizer, sizes, {"rope_type": "default", "rope_theta": 1000000.0,
+                                            "mrope_section": mrope})
         vision = {
             "depth": depth,
             "hidden_size": sizes["vision_hidden"],

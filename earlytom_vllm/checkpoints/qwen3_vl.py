@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from earlytom_vllm.checkpoints.common import (
-    IM_END,
-    MAX_POSITIONS,
-    PAD_TOKEN,
     TINY_SIZES,
-    padded_vocab,
     special_ids,
+)
+from earlytom_vllm.checkpoints.common import (
+    text_config as lm_config,
 )
 from earlytom_vllm.checkpoints.qwen2_5_vl import CHAT_TEMPLATE as QWEN2_5_TEMPLATE
 from earlytom_vllm.checkpoints.qwen2_5_vl import (
@@ -69,25 +68,10 @@ class Qwen3VLRecipe(Qwen2_5_VLRecipe):
                              f"blocks {', '.join(map(str, DEEPSTACK))})")
 
     def text_config(self, tokenizer: Any, sizes: dict[str, Any]) -> dict[str, Any]:
-        ids = special_ids(tokenizer, SPECIAL_TOKENS)
         head = sizes["text_hidden"] // sizes["text_heads"]
-        return {
-            "vocab_size": padded_vocab(tokenizer),
-            "hidden_size": sizes["text_hidden"],
-            "intermediate_size": sizes["text_intermediate"],
-            "num_hidden_layers": sizes["text_layers"],
-            "num_attention_heads": sizes["text_heads"],
-            "num_key_value_heads": sizes["text_kv_heads"],
-            "head_dim": head,
-            "max_position_embeddings": MAX_POSITIONS,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
-                                "mrope_section": mrope_sections(head),
-                                "mrope_interleaved": True},
-            "tie_word_embeddings": True,
-            "bos_token_id": ids[PAD_TOKEN],
-            "eos_token_id": ids[IM_END],
-            "pad_token_id": ids[PAD_TOKEN],
-        }
+        rope = {"rope_type": "default", "rope_theta": 5000000.0,
+                "mrope_section": mrope_sections(head), "mrope_interleaved": True}
+        return {**lm_config(tokenizer, sizes, rope), "head_dim": head}
 
     def vision_config(self, sizes: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ tokens before and after compression there, computed from the plans the model wil
 
 from __future__ import annotations
 
+import collections
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
@@ -27,7 +28,12 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
 from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError
-from earlytom_vllm.core import VideoCompression, VisionTower, compress_video
+from earlytom_vllm.core import (
+    VideoCompression,
+    VisionTower,
+    compress_video,
+    kept_grid_positions,
+)
 from earlytom_vllm.families import Family
 from earlytom_vllm.metrics import VisualTokenCounters
 from earlytom_vllm.plan import VideoPlan
@@ -100,8 +106,12 @@ class EarlyTomProcessor:
     info: EarlyTomInfo
 
     def video_plans(self, processed: Any, config: EarlyTomConfig) -> list[VideoPlan]:
-        """One plan per video in the HF processor's output (family: frames, tokens per frame)."""
-        raise NotImplementedError
+        """One plan per video in the HF processor's output. By default one per row of its
+        ``video_grid_thw`` (slices, patch rows, patch columns: the Qwen families), tokens per
+        frame from the family at that video's grid; a family without grids overrides it."""
+        family, hf_config = self.info.family, self.info.get_hf_config()
+        return [VideoPlan(t, family.frame_tokens(hf_config, (h, w)), family.extra_rows, config)
+                for t, h, w in processed["video_grid_thw"].tolist()]  # [V, 3]
 
     def get_dummy_inputs(self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Any):
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
@@ -245,6 +255,72 @@ class EarlyTomEmbeddings:
             elif modality == "video":
                 embeddings += tuple(self._embed_videos(parsed, plans))
         return embeddings
+
+
+class PositionChannelsModel(EarlyTomEmbeddings):
+    """Model mixin for the families whose media rows carry their own M-RoPE positions through
+    vLLM's multimodal-pruning plumbing (the Qwen families): the runner strips the channels in the
+    model's ``recompute_mrope_positions``. The family's model class sets ``family``."""
+
+    #: compat.PRUNING_OPT_IN: earlytom_vllm.vllm.compat turns the runner's plumbing on for it.
+    earlytom_mm_pruning: ClassVar[bool] = True
+    family: ClassVar[Family]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.video_pruning_rate:
+            raise ValueError(
+                "--video-pruning-rate (vLLM's EVS) and the EarlyTom architecture both choose the "
+                "video tokens: serve EVS with the stock architecture, or EarlyTom without it "
+                "(mm_processor_kwargs.earlytom.method='evs' gives an EVS-style baseline)")
+        # Our embeddings always carry positions: the model's own EVS branches (and its encoder
+        # CUDA graphs, which bypass embed_multimodal) must treat pruning as enabled.
+        self.is_multimodal_pruning_enabled = True
+        # A server-wide setting that does not fit this model stops the engine here, at start-up.
+        self.earlytom_trace = server_defaults(self.family, self.config).trace
+        # Observability (server-wide ``trace`` only): see earlytom_vllm.vllm.observe.
+        self.earlytom_layer_frames = [0] * len(self.visual.blocks)
+        self.earlytom_videos = 0
+        self.earlytom_last: dict[str, object] = {}
+        self.earlytom_recent: collections.deque[dict] = collections.deque(maxlen=8)
+        self.earlytom_positions: list[list[int]] | None = None
+
+    def _full_grid(self, grid: list[int], device: Any) -> torch.Tensor:
+        """``[t*h*w/4, 3]`` (slice, row, column) of every merged token of a ``grid`` medium."""
+        m = self.visual.spatial_merge_size
+        t, h, w = grid[0], grid[1] // m, grid[2] // m
+        return kept_grid_positions(torch.arange(t * h * w, device=device), range(t), h * w, w)
+
+    def _encode_slices(self, pixels: torch.Tensor, grid: list[int], plan: VideoPlan,
+                       tower_class: Callable[..., VisionTower]
+                       ) -> tuple[torch.Tensor, VideoCompression | None, tuple[float, float],
+                                  torch.Tensor]:
+        """One video's ``[t*h*w, C]`` patches through the stock encoder, or the core over the
+        family's ``tower_class(visual, h, w)``: (features ``[rows, D']``, the compression record,
+        seconds, ``[rows, 3]`` (slice, row, column) of each kept token in the merged grid)."""
+        t, h, w = grid
+        if t != plan.num_frames:
+            raise AssertionError(f"plan for {plan.num_frames} slices, video has {t}")
+        feats, result, seconds = encode_video(
+            plan, pixels,
+            stock=lambda: self.visual(pixels, grid_thw=[grid]),  # [t*h*w/4, D']
+            tower=lambda: tower_class(self.visual, h, w),
+            hidden=lambda tower: tower.embed(pixels, t))
+        if result is None:
+            return feats, None, seconds, self._full_grid(grid, feats.device)
+        kept = kept_grid_positions(result.index, result.origins, plan.tokens_per_frame,
+                                   w // self.visual.spatial_merge_size)
+        return feats, result, seconds, kept
+
+    def _videos(self, video_input: Any, plans: Any) -> list[tuple[torch.Tensor, list[int],
+                                                                  VideoPlan]]:
+        """Each video's ``(patches, grid, plan)``, from the flat ``[sum t*h*w, C]`` patches."""
+        grids = video_input["video_grid_thw"].tolist()  # [V, 3]
+        pixels = video_input["pixel_values_videos"]
+        if isinstance(pixels, (list, tuple)):
+            pixels = torch.cat(list(pixels))
+        per_video = pixels.split([t * h * w for t, h, w in grids])
+        return list(zip(per_video, grids, decode_plans(plans, len(grids)), strict=True))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,11 +22,7 @@ positions are the stock model's, channel for channel.
 
 from __future__ import annotations
 
-import collections
-from typing import ClassVar
-
 import torch
-from vllm.config import VllmConfig
 from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLDummyInputsBuilder,
     Qwen2_5_VLForConditionalGeneration,
@@ -36,10 +32,8 @@ from vllm.model_executor.models.qwen2_5_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs
 
-from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
     attention_with_received,
-    kept_grid_positions,
     pool_merge_units,
 )
 from earlytom_vllm.families.qwen2_5_vl import FAMILY
@@ -53,14 +47,11 @@ from earlytom_vllm.vllm.compat import (
 from earlytom_vllm.vllm.observe import record_trace
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
-    EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
+    PositionChannelsModel,
     check_rows,
-    decode_plans,
-    encode_video,
     replace_video_placeholders,
-    server_defaults,
 )
 
 POSITION_CHANNELS = 4  # vLLM's EVS layout: t, h, w, text offset (video_prune/evs.py)
@@ -86,11 +77,6 @@ class EarlyTomQwen2_5_VLProcessingInfo(EarlyTomInfo, Qwen2_5_VLProcessingInfo):
 class EarlyTomQwen2_5_VLMultiModalProcessor(EarlyTomProcessor, Qwen2_5_VLMultiModalProcessor):
     info: EarlyTomQwen2_5_VLProcessingInfo
 
-    def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
-        hf_config = self.info.get_hf_config()
-        return [VideoPlan(t, FAMILY.frame_tokens(hf_config, (h, w)), FAMILY.extra_rows, config)
-                for t, h, w in processed["video_grid_thw"].tolist()]  # [V, 3] slices, patches
-
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
         return replace_video_placeholders(updates, out_mm_kwargs,
@@ -101,14 +87,10 @@ class EarlyTomQwen2_5_VLMultiModalProcessor(EarlyTomProcessor, Qwen2_5_VLMultiMo
 # Model (engine process)
 
 
-class VllmQwenVisionTower:
-    """:class:`earlytom_vllm.core.VisionTower` over vLLM's ``Qwen2_5_VisionTransformer`` for the
-    videos of one grid ``(h, w)``.
-
-    Hidden states are ``[F, N, C]`` with ``N = h * w`` patches per slice in vLLM's window order
-    (slice-major and the same in every slice, so the first ``F`` slices' tables are the tables of
-    an ``F``-slice grid); vLLM's blocks see the flat ``[F * N, 1, C]`` they expect.
-    """
+class SliceGridTower:
+    """What the Qwen towers share: the videos of one grid ``(h, w)`` in slices of ``h * w``
+    patches, merged 2x2 into ``tokens_per_frame`` LLM tokens, and vLLM's own per-slice encoder
+    tables (``prepare_encoder_metadata``) for any number of slices."""
 
     def __init__(self, visual, grid_h: int, grid_w: int) -> None:
         self.visual = visual
@@ -119,16 +101,30 @@ class VllmQwenVisionTower:
         m = visual.spatial_merge_size
         self.grid_w = grid_w // m  # merged columns
         self.tokens_per_frame = (grid_h // m) * self.grid_w
-        self.full = {int(i) for i in visual.fullatt_block_indexes}
         self._meta: dict[int, dict] = {}
 
     def metadata(self, frames: int) -> dict:
-        """vLLM's encoder tables (rotary, cu_seqlens, windows, permutation) for ``frames`` slices."""
+        """vLLM's encoder tables (rotary, cu_seqlens and the family's own) for ``frames``
+        slices: the first ``frames`` slices' tables, since they are the same in every slice."""
         meta = self._meta.get(frames)
         if meta is None:
             meta = self.visual.prepare_encoder_metadata([[frames, self.h, self.w]])
             self._meta[frames] = meta
         return meta
+
+
+class VllmQwenVisionTower(SliceGridTower):
+    """:class:`earlytom_vllm.core.VisionTower` over vLLM's ``Qwen2_5_VisionTransformer`` for the
+    videos of one grid ``(h, w)``.
+
+    Hidden states are ``[F, N, C]`` with ``N = h * w`` patches per slice in vLLM's window order
+    (slice-major and the same in every slice, so the first ``F`` slices' tables are the tables of
+    an ``F``-slice grid); vLLM's blocks see the flat ``[F * N, 1, C]`` they expect.
+    """
+
+    def __init__(self, visual, grid_h: int, grid_w: int) -> None:
+        super().__init__(visual, grid_h, grid_w)
+        self.full = {int(i) for i in visual.fullatt_block_indexes}
 
     def embed(self, pixels: torch.Tensor, frames: int) -> torch.Tensor:
         """``[t*h*w, 3*2*14*14]`` patches -> ``[t, h*w, C]`` in window order.
@@ -284,31 +280,11 @@ def place_media(ids: torch.Tensor, host_ids: list[int], positions: torch.Tensor,
     info=EarlyTomQwen2_5_VLProcessingInfo,
     dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
-class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
+class EarlyTomQwen2_5_VLForConditionalGeneration(PositionChannelsModel,
                                                  Qwen2_5_VLForConditionalGeneration):
-    #: Media embeddings carry vLLM's 4 EVS position channels: the runner strips them and rewrites
-    #: the prompt's M-RoPE positions (earlytom_vllm.vllm.compat turns the plumbing on for it).
-    earlytom_mm_pruning: ClassVar[bool] = True  # compat.PRUNING_OPT_IN
+    """Media embeddings carry vLLM's 4 EVS position channels (:func:`media_positions`)."""
 
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        if self.video_pruning_rate:
-            raise ValueError(
-                "--video-pruning-rate (vLLM's EVS) and the EarlyTom architecture both choose the "
-                "video tokens: serve EVS with the stock architecture, or EarlyTom without it "
-                "(mm_processor_kwargs.earlytom.method='evs' gives an EVS-style baseline)")
-        # Our embeddings always carry positions: the model's own EVS branches (and its encoder
-        # CUDA graphs, which bypass embed_multimodal) must treat pruning as enabled.
-        self.is_multimodal_pruning_enabled = True
-        # A server-wide setting that does not fit this model stops the engine here, at start-up.
-        defaults = server_defaults(FAMILY, self.config)
-        self.earlytom_trace = defaults.trace
-        # Observability (server-wide ``trace`` only): see earlytom_vllm.vllm.observe.
-        self.earlytom_layer_frames = [0] * len(self.visual.blocks)
-        self.earlytom_videos = 0
-        self.earlytom_last: dict[str, object] = {}
-        self.earlytom_recent: collections.deque[dict] = collections.deque(maxlen=8)
-        self.earlytom_positions: list[list[int]] | None = None
+    family = FAMILY
 
     # -- embeddings ---------------------------------------------------------------------------
     def _merged_grid(self, grid: list[int]) -> tuple[int, int, int]:
@@ -320,10 +296,6 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
         positions = media_positions(grid_pos, t_factor, *self._merged_grid(grid))
         # [K, D] + [K, 4] -> [K, D+4] (as _postprocess_video_embeds_evs appends them)
         return torch.cat((emb, positions.to(device=emb.device, dtype=emb.dtype)), dim=1)
-
-    def _full_grid(self, grid: list[int], device) -> torch.Tensor:
-        t, h, w = self._merged_grid(grid)
-        return kept_grid_positions(torch.arange(t * h * w, device=device), range(t), h * w, w)
 
     def _embed_images(self, image_input) -> tuple[torch.Tensor, ...]:
         """The stock image path; positions are the stock ones (t = 0, rows, columns)."""
@@ -347,32 +319,16 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(EarlyTomEmbeddings,
             feats = self._process_video_input(video_input)
             return [self._with_positions(e, self._full_grid(g, e.device), tf, g)
                     for e, g, tf in zip(feats, grids, factors, strict=True)]
-        pixels = video_input["pixel_values_videos"]  # [sum t*h*w, 3*2*14*14]
-        if isinstance(pixels, (list, tuple)):
-            pixels = torch.cat(list(pixels))
-        per_video = pixels.split([t * h * w for t, h, w in grids])
-        decoded = decode_plans(plans, len(grids))
         # One video at a time: encoder memory is bounded by the longest video.
-        return [self._embed_video(p, g, tf, plan)
-                for p, g, tf, plan in zip(per_video, grids, factors, decoded, strict=True)]
+        return [self._embed_video(p, g, tf, plan) for (p, g, plan), tf
+                in zip(self._videos(video_input, plans), factors, strict=True)]
 
     @torch.inference_mode()
     def _embed_video(self, pixels: torch.Tensor, grid: list[int], t_factor: float,
                      plan: VideoPlan) -> torch.Tensor:
         """One video's patches -> ``[rows, D + 4]``: kept tokens and their position channels."""
-        t, h, w = grid
-        if t != plan.num_frames:
-            raise AssertionError(f"plan for {plan.num_frames} slices, video has {t}")
-        feats, result, seconds = encode_video(
-            plan, pixels,
-            stock=lambda: self.visual(pixels, grid_thw=[grid]),  # [t*h*w/4, D]
-            tower=lambda: VllmQwenVisionTower(self.visual, h, w),
-            hidden=lambda tower: tower.embed(pixels, t))
-        if result is None:
-            grid_pos = self._full_grid(grid, feats.device)
-        else:
-            grid_pos = kept_grid_positions(result.index, result.origins, plan.tokens_per_frame,
-                                           w // self.visual.spatial_merge_size)
+        feats, result, seconds, grid_pos = self._encode_slices(pixels, grid, plan,
+                                                               VllmQwenVisionTower)
         out = check_rows(self._with_positions(feats, grid_pos, t_factor, grid), plan)
         if plan.config.trace:
             record_trace(self, plan, result, seconds,

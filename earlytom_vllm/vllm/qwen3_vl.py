@@ -28,12 +28,9 @@ prompt and positions are the stock model's.
 
 from __future__ import annotations
 
-import collections
 from types import SimpleNamespace
-from typing import ClassVar
 
 import torch
-from vllm.config import VllmConfig
 from vllm.model_executor.models.qwen3_5 import (
     Qwen3_5ForConditionalGeneration,
     Qwen3_5MoeForConditionalGeneration,
@@ -53,9 +50,7 @@ from vllm.model_executor.models.qwen3_vl_moe import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import PromptReplacement
 
-from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.core import (
-    kept_grid_positions,
     pool_merge_units,
 )
 from earlytom_vllm.core.temporal import MergePlan, apply_plan
@@ -65,16 +60,17 @@ from earlytom_vllm.vllm.compat import sync_allowed
 from earlytom_vllm.vllm.observe import record_trace
 from earlytom_vllm.vllm.processing import (
     PLAN_FIELD,
-    EarlyTomEmbeddings,
     EarlyTomInfo,
     EarlyTomProcessor,
+    PositionChannelsModel,
     check_rows,
-    decode_plans,
-    encode_video,
     plan_of,
-    server_defaults,
 )
-from earlytom_vllm.vllm.qwen2_5_vl import media_runs, slice_attention_with_received
+from earlytom_vllm.vllm.qwen2_5_vl import (
+    SliceGridTower,
+    media_runs,
+    slice_attention_with_received,
+)
 
 #: Integer channels appended to every media row: original slice, row, column (the token's stock
 #: position), slot and index in the slot (where the row sits in the prompt).
@@ -207,11 +203,6 @@ class EarlyTomQwen3_5MoeProcessingInfo(EarlyTomQwen3VLInfo, Qwen3_5MoeProcessing
 class EarlyTomQwen3VLMultiModalProcessor(EarlyTomProcessor, Qwen3VLMultiModalProcessor):
     info: EarlyTomQwen3VLInfo
 
-    def video_plans(self, processed, config: EarlyTomConfig) -> list[VideoPlan]:
-        hf_config = self.info.get_hf_config()
-        return [VideoPlan(t, FAMILY.frame_tokens(hf_config, (h, w)), FAMILY.extra_rows, config)
-                for t, h, w in processed["video_grid_thw"].tolist()]  # [V, 3] slices, patches
-
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         """The stock updates, with each planned video's slots holding ``rows / t`` pads
         (timestamps and markers as stock; only the pads are embedding rows)."""
@@ -243,7 +234,7 @@ class EarlyTomQwen3VLMultiModalProcessor(EarlyTomProcessor, Qwen3VLMultiModalPro
 # Model (engine process)
 
 
-class VllmQwen3VisionTower:
+class VllmQwen3VisionTower(SliceGridTower):
     """:class:`earlytom_vllm.core.VisionTower` over vLLM's ``Qwen3_VisionTransformer`` for the
     videos of one grid ``(h, w)``.
 
@@ -254,25 +245,9 @@ class VllmQwen3VisionTower:
     """
 
     def __init__(self, visual, grid_h: int, grid_w: int) -> None:
-        self.visual = visual
-        self.blocks = visual.blocks
-        self.num_layers = len(self.blocks)
-        self.h, self.w = grid_h, grid_w
-        self.unit = visual.spatial_merge_unit  # 4 patches per 2x2 merge unit
-        m = visual.spatial_merge_size
-        self.grid_w = grid_w // m  # merged columns
-        self.tokens_per_frame = (grid_h // m) * self.grid_w
+        super().__init__(visual, grid_h, grid_w)
         self.tap_layers = [int(i) for i in visual.deepstack_visual_indexes]
         self.taps: dict[int, torch.Tensor] = {}  # layer -> [F, N, C] after that block
-        self._meta: dict[int, dict] = {}
-
-    def metadata(self, frames: int) -> dict:
-        """vLLM's encoder tables (position embeddings, rotary, cu_seqlens) for ``frames`` slices."""
-        meta = self._meta.get(frames)
-        if meta is None:
-            meta = self.visual.prepare_encoder_metadata([[frames, self.h, self.w]])
-            self._meta[frames] = meta
-        return meta
 
     def embed(self, pixels: torch.Tensor, frames: int) -> torch.Tensor:
         """``[t*h*w, 3*2*16*16]`` patches -> ``[t, h*w, C]``. Mirrors
@@ -339,39 +314,14 @@ class VllmQwen3VisionTower:
         return pool_merge_units(received, self.unit)
 
 
-class EarlyTomQwen3VLModel(EarlyTomEmbeddings):
+class EarlyTomQwen3VLModel(PositionChannelsModel):
     """The EarlyTom model side, mixed in before any vLLM model class built on
-    ``Qwen3VLForConditionalGeneration`` (dense, MoE, Qwen3.5 hybrid)."""
+    ``Qwen3VLForConditionalGeneration`` (dense, MoE, Qwen3.5 hybrid). Media embeddings carry
+    integer position channels (:func:`row_channels`)."""
 
-    #: Media embeddings carry integer position channels: the runner strips them through the
-    #: model's recompute_mrope_positions (earlytom_vllm.vllm.compat turns the plumbing on).
-    earlytom_mm_pruning: ClassVar[bool] = True  # compat.PRUNING_OPT_IN
-
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "model") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        if self.video_pruning_rate:
-            raise ValueError(
-                "--video-pruning-rate (vLLM's EVS) and the EarlyTom architecture both choose the "
-                "video tokens: serve EVS with the stock architecture, or EarlyTom without it "
-                "(mm_processor_kwargs.earlytom.method='evs' gives an EVS-style baseline)")
-        # Our embeddings always carry positions: the stock EVS branches and the encoder CUDA
-        # graphs (which bypass embed_multimodal) must treat pruning as enabled.
-        self.is_multimodal_pruning_enabled = True
-        # A server-wide setting that does not fit this model stops the engine here.
-        defaults = server_defaults(FAMILY, self.config)
-        self.earlytom_trace = defaults.trace
-        self.earlytom_layer_frames = [0] * len(self.visual.blocks)
-        self.earlytom_videos = 0
-        self.earlytom_last: dict[str, object] = {}
-        self.earlytom_recent: collections.deque[dict] = collections.deque(maxlen=8)
-        self.earlytom_positions: list[list[int]] | None = None
+    family = FAMILY
 
     # -- embeddings ---------------------------------------------------------------------------
-    def _full_grid(self, grid: list[int], device) -> torch.Tensor:
-        m = self.visual.spatial_merge_size
-        t, h, w = grid[0], grid[1] // m, grid[2] // m
-        return kept_grid_positions(torch.arange(t * h * w, device=device), range(t), h * w, w)
-
     def _with_channels(self, emb: torch.Tensor, grid_pos: torch.Tensor,
                        slots: int) -> torch.Tensor:
         channels = encode_channels(row_channels(grid_pos, slots), emb.dtype)
@@ -389,38 +339,21 @@ class EarlyTomQwen3VLModel(EarlyTomEmbeddings):
             feats = self._process_video_input(video_input)
             return [self._with_channels(e, self._full_grid(g, e.device), g[0])
                     for e, g in zip(feats, grids, strict=True)]
-        pixels = video_input["pixel_values_videos"]  # [sum t*h*w, 3*2*16*16]
-        if isinstance(pixels, (list, tuple)):
-            pixels = torch.cat(list(pixels))
-        per_video = pixels.split([t * h * w for t, h, w in grids])
-        decoded = decode_plans(plans, len(grids))
         # One video at a time: encoder memory is bounded by the longest video.
-        return [self._embed_video(p, g, plan)
-                for p, g, plan in zip(per_video, grids, decoded, strict=True)]
+        return [self._embed_video(p, g, plan) for p, g, plan in self._videos(video_input, plans)]
 
     @torch.inference_mode()
     def _embed_video(self, pixels: torch.Tensor, grid: list[int],
                      plan: VideoPlan) -> torch.Tensor:
         """One video's patches -> ``[rows, D * (1 + levels) + 10]``: the kept tokens' main and
         deepstack features and their position channels."""
-        t, h, w = grid
-        if t != plan.num_frames:
-            raise AssertionError(f"plan for {plan.num_frames} slices, video has {t}")
-        feats, result, seconds = encode_video(
-            plan, pixels,
-            stock=lambda: self.visual(pixels, grid_thw=[grid]),  # [t*h*w/4, D * (1 + levels)]
-            tower=lambda: VllmQwen3VisionTower(self.visual, h, w),
-            hidden=lambda tower: tower.embed(pixels, t))
-        if result is None:
-            grid_pos = self._full_grid(grid, feats.device)
-        else:
-            grid_pos = kept_grid_positions(result.index, result.origins, plan.tokens_per_frame,
-                                           w // self.visual.spatial_merge_size)
-        check_rows(feats, plan)
-        out = self._with_channels(feats, grid_pos, t)
+        feats, result, seconds, grid_pos = self._encode_slices(pixels, grid, plan,
+                                                               VllmQwen3VisionTower)
+        out = check_rows(self._with_channels(feats, grid_pos, grid[0]), plan)
         if plan.config.trace:
             record_trace(self, plan, result, seconds,
-                         positions=row_channels(grid_pos, t).cpu().tolist(), grid_thw=list(grid))
+                         positions=row_channels(grid_pos, grid[0]).cpu().tolist(),
+                         grid_thw=list(grid))
             self.earlytom_recent.append(self.earlytom_last)
         return out
 
