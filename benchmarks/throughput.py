@@ -108,7 +108,7 @@ from benchmarks.harness.load import (
     schedule,
 )
 from benchmarks.harness.plots import plot_throughput
-from benchmarks.harness.serve import chat_template_args
+from benchmarks.harness.serve import chat_template_args, launch_family_server
 from benchmarks.harness.tables import print_throughput
 from benchmarks.harness.throughput_summary import (
     budget_checks,
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(ignore_eos)")
     p.add_argument("--warmup", type=int, default=1, help="untimed requests per method")
     p.add_argument("--seed", type=int, default=1000, help="first video seed")
+    p.add_argument("--vllm-default-batching", action="store_true", help="leave vLLM's own "
+                   "--max-num-batched-tokens on every server (see harness.batching_budget)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny checkpoint, "
                    "4 frames, concurrency 1,2, 1-2 requests per cell, 4 output tokens (and the "
                    "family's throughput_quick settings)")
@@ -190,14 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def start_server(args: argparse.Namespace, media_dir: Path, checkpoint: str, per_frame: int,
                  log: Path, extra: Sequence[str] = ()) -> harness.Server:
-    """One ``earlytom-serve`` on ``checkpoint`` (``extra``: more earlytom-serve arguments, e.g.
-    a vLLM arm's), with the family's KV cache (room for concurrency 8 x a full prompt)."""
-    max_len = (families.expected_rows(args.fam, "none", None, args.frames, per_frame) + 256
-               + args.max_tokens)
-    return harness.launch_bench_server(
-        checkpoint=checkpoint, media_dir=media_dir, frames=args.frames, max_model_len=max_len,
-        log=log, kv_cache_gib=args.fam.benchmark.kv_cache_gib, extra=extra,
-        serve_arg=args.serve_arg)
+    """One ``earlytom-serve`` on ``checkpoint`` (``extra``: e.g. a vLLM arm's arguments)."""
+    return launch_family_server(args.fam, checkpoint=checkpoint, media_dir=media_dir,
+                                frames=args.frames, per_frame=per_frame, log=log, extra=extra,
+                                max_tokens=args.max_tokens, serve_arg=args.serve_arg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,7 +386,8 @@ def spawn(args: argparse.Namespace, media_dir: Path, log: Path
     top = max([int(x) for x in args.concurrency_levels] or [1])
     if len(args.concurrency_levels) < len(args.levels):  # request-rate levels: all may overlap
         top = max(top, int(args.max_concurrency or args.rate_requests))
-    budget = harness.batching_budget(vllm_servers, top, args.max_tokens)
+    budget = (None if args.vllm_default_batching
+              else harness.batching_budget(vllm_servers, top, args.max_tokens))
     if budget is not None:  # the same for every server: none is favoured
         args.serve_arg = [*args.serve_arg, f"--backend-arg=--max-num-batched-tokens={budget}"]
     args.max_num_batched_tokens = budget

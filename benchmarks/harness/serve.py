@@ -144,6 +144,18 @@ def backend_urls(url: str, api_key: str) -> list[str]:
 
 
 
+def launch_family_server(fam: Family, *, checkpoint: str, media_dir: Path, frames: int,
+                         per_frame: int, max_tokens: int, log: Path, extra: Sequence[str] = (),
+                         serve_arg: Sequence[str] = ()) -> Server:
+    """A client benchmark's ``earlytom-serve`` for ``fam``: room for a full-token prompt (its
+    rows, 256 text tokens, the output) and the family's KV cache."""
+    max_len = families.expected_rows(fam, "none", None, frames, per_frame) + 256 + max_tokens
+    return launch_bench_server(checkpoint=checkpoint, media_dir=media_dir, frames=frames,
+                               max_model_len=max_len, log=log,
+                               kv_cache_gib=fam.benchmark.kv_cache_gib, extra=extra,
+                               serve_arg=serve_arg)
+
+
 def chat_template_args(fam: Family, checkpoint: str, workdir: Path) -> list[str]:
     """earlytom-serve arguments that give every server of a chat benchmark the family's
     rewritten video layout (``benchmark.chat_video_rewrite``; none when it has none): the
