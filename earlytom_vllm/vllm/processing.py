@@ -266,8 +266,9 @@ class PositionChannelsModel(EarlyTomEmbeddings):
     earlytom_mm_pruning: ClassVar[bool] = True
     family: ClassVar[Family]
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        # named, not **kwargs: vLLM reads these two names off the signature to build the model
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
         if self.video_pruning_rate:
             raise ValueError(
                 "--video-pruning-rate (vLLM's EVS) and the EarlyTom architecture both choose the "
