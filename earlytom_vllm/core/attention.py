@@ -55,18 +55,25 @@ def attention_with_received(
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     acc = torch.promote_types(q.dtype, torch.float32)
     out = torch.empty_like(v)
-    received = torch.empty(t, q.shape[2], dtype=acc, device=q.device)
+    n = q.shape[2]
+    received = torch.empty(t, n, dtype=acc, device=q.device)
+    # The [c, H, N, N] logits and probabilities of every chunk go into two buffers allocated
+    # once: a fresh allocation per chunk costs as much as the softmax on CPU (every page of a
+    # large block is faulted in and zeroed again), and the same kernels give the same bits.
+    shape = (min(chunk, t), q.shape[1], n, n)
+    logits_buf = torch.empty(shape, dtype=acc, device=q.device)
+    probs_buf = torch.empty(shape, dtype=acc, device=q.device)
     for s in range(0, t, chunk):  # over frame chunks, not frames; no host sync
         e = min(s + chunk, t)
         # [c, H, N, d] @ [c, H, d, N] -> [c, H, N, N] (queries x keys), softmax in float32+
         # scaling q ([c,H,N,d]) is cheaper than scaling the [c,H,N,N] logits
-        logits = torch.matmul(q[s:e].to(acc) * scale, k[s:e].to(acc).transpose(-1, -2))
-        probs = torch.softmax(logits, dim=-1)
+        logits = torch.matmul(q[s:e].to(acc) * scale, k[s:e].to(acc).transpose(-1, -2),
+                              out=logits_buf[: e - s])
+        probs = torch.softmax(logits, dim=-1, out=probs_buf[: e - s])
         # [c, H, N, N] @ [c, H, N, d] -> [c, H, N, d]
         out[s:e] = torch.matmul(probs, v[s:e].to(acc)).to(v.dtype)
         # sum over heads (dim 1) and queries (dim 2): [c, H, N, N] -> [c, N]
         received[s:e] = probs.sum(dim=(1, 2))
-        del logits, probs
     return out, received
 
 

@@ -247,7 +247,9 @@ def stage1(
     groups = _segment_from_band(band, hidden.shape[0], float(tau), max_window, float(ema))
     hidden, received, plan = _merge(hidden, received, groups, band, min_frames,
                                     keep_last_middle)
-    refined = segment_frames(hidden, tau, max_window, ema) if refine else None
+    refined = None
+    if refine:  # nothing merged: the same frames give the same groups (no second band)
+        refined = groups if plan.identity else segment_frames(hidden, tau, max_window, ema)
     return (hidden, received, refined, plan) if with_sources else (hidden, received, refined)
 
 
@@ -300,5 +302,7 @@ def _merge(hidden: torch.Tensor, received: torch.Tensor | None, groups: Groups,
     if band is None:
         band = similarity_band(hidden, longest - 1)
     plan = plan_merge(band, groups, min_frames=min_frames, keep_last_middle=keep_last_middle)
+    if plan.identity:  # segments long enough, but nothing merged: no copy
+        return hidden, received, plan
     return (apply_plan(hidden, plan), None if received is None else apply_plan(received, plan),
             plan)

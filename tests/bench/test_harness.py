@@ -41,7 +41,11 @@ def test_vllm_arms_need_the_familys_own_pruning():
     assert arms.family_arms(LLAVA) == harness.METHODS
     assert arms.family_arms(qwen) == ("none", arms.VLLM_EVS, "earlytom")
     assert arms.check_arms(["none", "earlytom", arms.VLLM_EVS], qwen) is None
-    assert "vLLM has no video pruning" in arms.check_arms([arms.VLLM_EVS], LLAVA)
+    assert "vLLM has no evs video pruning" in arms.check_arms([arms.VLLM_EVS], LLAVA)
+    assert "vLLM has no vidcom2 video pruning" in arms.check_arms([arms.VLLM_VIDCOM2], qwen)
+    qwen3 = families.get("qwen3_vl")  # its vLLM classes have both
+    assert arms.family_arms(qwen3) == ("none", arms.VLLM_EVS, arms.VLLM_VIDCOM2, "earlytom")
+    assert arms.check_arms([arms.VLLM_VIDCOM2], qwen3) is None
     assert "unknown method" in arms.check_arms(["nope"], qwen)
 
 

@@ -161,7 +161,9 @@ def test_qwen_arms_and_evs_servers():
     for spec, kept in ((evs["vllm_evs@0.15"], 624), (evs["vllm_evs@0.10"], 416)):
         assert spec["evs_tokens"] == spec["earlytom_tokens"] == kept
         assert spec["arch"] == "Qwen2_5_VLForConditionalGeneration"
-        assert spec["serve_args"] == ["--no-earlytom-arch", "--backend-arg=--video-pruning-rate="
+        assert spec["serve_args"] == ["--no-earlytom-arch",
+                                      "--backend-arg=--video-pruning-method=evs",
+                                      "--backend-arg=--video-pruning-rate="
                                       f"{spec['video_pruning_rate']}"]
     visual = summ.expected_visual_tokens(args, 256, evs)
     assert visual == {"none": 4096, "vllm_evs@0.15": 624, "earlytom@0.15": 624,
@@ -318,3 +320,15 @@ def test_quick_run_qwen(tmp_path):
         sorted({x["scheduled_s"] for x in rate if x["method"] == "earlytom"})  # same arrivals
     assert set(report["ratios"]) == {"earlytom_vs_none", "earlytom_vs_vllm_evs"}
     assert isinstance(report["targets"]["above_vllm_evs_every_level"]["met"], bool)
+
+
+def test_qwen3_arms_have_vllm_evs_and_vidcom2_servers():
+    args = tp.parse_args(["--family", "qwen3_vl", "--ratios", "0.15"])
+    assert [a.label for a in args.arms] == ["none", "vllm_evs", "vllm_vidcom2", "earlytom"]
+    servers = harness.vllm_arm_servers(args.fam, args.arms, args.frames, 196)  # 16 x 196
+    assert set(servers) == {"vllm_evs", "vllm_vidcom2"}
+    for key, method in (("vllm_evs", "evs"), ("vllm_vidcom2", "vidcom2")):
+        spec = servers[key]
+        assert spec["video_pruning_method"] == method
+        assert f"--backend-arg=--video-pruning-method={method}" in spec["serve_args"]
+        assert spec["evs_tokens"] == spec["earlytom_tokens"] == 16 * 30  # 16 x ceil(196 x 0.15)
