@@ -8,13 +8,12 @@ engine process (``run_engine``), their results shared by the tests that read the
 from __future__ import annotations
 
 import functools
-import math
 import os
-from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
 import torch
+from qwen_support import chat_prompt, exact_count, plugin_overrides
 from vllm import SamplingParams
 
 from earlytom_vllm import EarlyTomConfig
@@ -50,20 +49,11 @@ def seeded(spec: dict, seed: int) -> dict:
     return {**spec, "args": {**spec["args"], "seed": seed}}
 
 
-def prompt(*media: str, question: str = "What happens?") -> str:
-    return (f"<|im_start|>user\n{''.join(media)}{question}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+prompt, expected_count = chat_prompt, exact_count
 
 
 def overrides(**earlytom):
-    # trace: the tests read the model's per-video traces and positions (serving leaves it off)
-    return {"architectures": [ARCH],
-            "earlytom": {"retain_ratio": DEFAULT_RATIO, "trace": True, **earlytom}}
-
-
-def expected_count(slices: int, per_slice: int, r: float) -> int:
-    """``t * ceil((h/2)(w/2) * r)`` in exact arithmetic (independent of the library's guard)."""
-    return slices * math.ceil(per_slice * Fraction(str(r)))
+    return plugin_overrides(ARCH, DEFAULT_RATIO, **earlytom)
 
 
 @pytest.fixture(scope="module")

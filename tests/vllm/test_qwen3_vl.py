@@ -8,14 +8,13 @@ are vLLM's own Qwen3-VL rule applied to the UNPRUNED prompt, read at the same to
 from __future__ import annotations
 
 import functools
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
 import torch
+from qwen_support import chat_prompt, exact_count, plugin_overrides
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration as Stock
 
 from earlytom_vllm import EarlyTomConfig
@@ -48,20 +47,11 @@ PICTURE = {"kind": "scene_video", "args": {"num_frames": 1, "size": 256, "seed":
 GRID = {"A": (4, 4, 4), "B": (6, 5, 7), "STATIC": (8, 4, 4)}  # merged (t, rows, columns)
 
 
-def prompt(*media: str, question: str = "What happens?", system: str | None = None) -> str:
-    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
-    return (f"{head}<|im_start|>user\n{''.join(media)}{question}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+prompt, count = chat_prompt, exact_count
 
 
 def overrides(**earlytom):
-    return {"architectures": [ARCH],
-            "earlytom": {"retain_ratio": DEFAULT_RATIO, "trace": True, **earlytom}}
-
-
-def count(t: int, per_slice: int, r: float) -> int:
-    """``t * ceil(per_slice * r)`` in exact arithmetic."""
-    return t * math.ceil(per_slice * Fraction(str(r)))
+    return plugin_overrides(ARCH, DEFAULT_RATIO, **earlytom)
 
 
 @pytest.fixture(scope="module")
