@@ -14,10 +14,10 @@ _EXPORTS = {
                "video_token_budget", "video_token_count"),
     "attention": ("attention_with_received", "pool_merge_units", "pool_received",
                   "received_attention"),
-    "baselines": ("evs_select", "post_encoder_select"),
+    "baselines": ("evs_select", "frame_groups", "post_encoder_select"),
     "positions": ("kept_grid_positions",),
     "encoder": ("EncoderRun", "VideoCompression", "VisionTower", "compress_video", "run_encoder"),
-    "selection": ("dynamic_mask", "select_tokens"),
+    "selection": ("dynamic_mask", "select_index", "select_tokens"),
     "temporal": ("merge_frames", "segment_frames", "similarity_band", "stage1"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

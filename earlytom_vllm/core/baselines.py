@@ -15,12 +15,16 @@ import torch
 from earlytom_vllm.core.selection import select_tokens
 
 
+def frame_groups(num_frames: int) -> list[tuple[int, int]]:
+    """The post-encoder baseline's groups: every frame alone, so every frame is dynamic
+    (per-frame top-k in Stage II's selection)."""
+    return [(i, i) for i in range(num_frames)]
+
+
 def post_encoder_select(features: torch.Tensor, received: torch.Tensor,
                         budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``features [T, N, D]``, ``received [T, N]`` -> ``(tokens [budget, D], index [budget])``."""
-    t = features.shape[0]
-    singletons = [(i, i) for i in range(t)]  # every frame dynamic: per-frame top-k
-    return select_tokens(features, received, singletons, budget)
+    return select_tokens(features, received, frame_groups(features.shape[0]), budget)
 
 
 def evs_select(features: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:

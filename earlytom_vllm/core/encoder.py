@@ -16,9 +16,9 @@ from typing import Protocol
 import torch
 
 from earlytom_vllm.config import EarlyTomConfig
-from earlytom_vllm.core.baselines import evs_select, post_encoder_select
+from earlytom_vllm.core.baselines import evs_select, frame_groups
 from earlytom_vllm.core.budget import min_frames_for_budget, video_token_count
-from earlytom_vllm.core.selection import select_tokens
+from earlytom_vllm.core.selection import select_index
 from earlytom_vllm.core.temporal import Groups, MergePlan, stage1
 
 LayerFn = Callable[[int, torch.Tensor], torch.Tensor]
@@ -99,6 +99,15 @@ def run_encoder(
                       origins=origins)
 
 
+def _project(tower: VisionTower, hidden: torch.Tensor, per_frame: int) -> torch.Tensor:
+    """``tower.project_and_pool``, checked against the tower's declared tokens per frame."""
+    pooled = tower.project_and_pool(hidden)  # [T', N, C] -> [T', tokens_per_frame, D]
+    if pooled.shape[1] != per_frame:
+        raise AssertionError(f"the tower pooled {pooled.shape[1]} tokens per frame, it declares "
+                             f"{per_frame}")
+    return pooled
+
+
 class VisionTower(Protocol):
     """What a model family's adapter provides for one model instance and one video.
 
@@ -129,6 +138,11 @@ class VisionTower(Protocol):
 
     # Optional: ``follow_merge(i, plan)``. A tower that keeps other states of the frames (taps
     # of earlier layers) defines it; :func:`compress_video` passes it as ``on_merge``.
+    # Optional: ``project_rows(hidden [F, N, C], index [K]) -> [K, D]``, exactly
+    # ``project_and_pool(hidden).reshape(F * tokens_per_frame, D)[index]`` computed for the kept
+    # rows only. A tower whose projection works per output token (the Qwen mergers: one MLP per
+    # 2x2 merge unit) defines it, so Stage II's selection runs before the projector and the
+    # projector sees ``budget`` rows instead of ``F * tokens_per_frame``.
 
 
 @dataclass
@@ -187,24 +201,30 @@ def compress_video(embeddings: torch.Tensor, tower: VisionTower, config: EarlyTo
         raise ValueError(f"method {config.method!r} is not supported")
     t1 = clock() if clock else 0.0
 
-    # Stage 2: projector + pooling, then the same-budget selection.
-    pooled = tower.project_and_pool(run.hidden)  # [T', N, C] -> [T', tokens_per_frame, D]
-    if pooled.shape[1] != per_frame:
-        raise AssertionError(f"the tower pooled {pooled.shape[1]} tokens per frame, it declares "
-                             f"{per_frame}")
-    if method == "none":
-        tokens = pooled.reshape(-1, pooled.shape[-1])  # [T, n, D] -> [T*n, D]
-        index = torch.arange(tokens.shape[0], device=tokens.device)
-    elif method == "evs":
-        tokens, index = evs_select(pooled, budget)
-    else:
+    # Stage 2: projector + pooling and the same-budget selection; a tower that projects per
+    # output token (``project_rows``) projects only the selected rows, chosen first.
+    project_rows = getattr(tower, "project_rows", None)
+    if method in ("earlytom", "post_encoder"):
         assert run.received is not None
         rec = tower.pool_received(run.received)  # [T', N] -> [T', tokens_per_frame]
-        if method == "earlytom":
-            assert run.groups is not None
-            tokens, index = select_tokens(pooled, rec, run.groups, budget)
+        if rec.shape[1] != per_frame:
+            raise AssertionError(f"the tower pooled {rec.shape[1]} received-attention values "
+                                 f"per frame, it declares {per_frame}")
+        groups = run.groups if method == "earlytom" else frame_groups(rec.shape[0])
+        assert groups is not None
+        index = select_index(rec, groups, budget)  # [budget] flat into T' * tokens_per_frame
+        if project_rows is not None:
+            tokens = project_rows(run.hidden, index)  # [T', N, C] -> [budget, D]
         else:
-            tokens, index = post_encoder_select(pooled, rec, budget)
+            pooled = _project(tower, run.hidden, per_frame)  # [T', tokens_per_frame, D]
+            tokens = pooled.reshape(-1, pooled.shape[-1]).index_select(0, index)
+    else:
+        pooled = _project(tower, run.hidden, per_frame)  # [T', N, C] -> [T', tokens_per_frame, D]
+        if method == "none":
+            tokens = pooled.reshape(-1, pooled.shape[-1])  # [T, n, D] -> [T*n, D]
+            index = torch.arange(tokens.shape[0], device=tokens.device)
+        else:  # evs: chosen from the projected features themselves
+            tokens, index = evs_select(pooled, budget)
     t2 = clock() if clock else 0.0
     if tokens.shape[0] != budget:
         raise AssertionError(f"compressed video has {tokens.shape[0]} rows, budget is {budget}")

@@ -81,13 +81,37 @@ def selection_mask(received: torch.Tensor, groups: Sequence[tuple[int, int]],
     return torch.where(dyn.unsqueeze(1), keep_dyn, keep_static)
 
 
+def select_index(received: torch.Tensor, groups: Sequence[tuple[int, int]],
+                 budget: int) -> torch.Tensor:
+    """Which ``budget`` tokens Stage II keeps: ``[budget]`` ascending flat indices into
+    ``T' * N`` (frames in temporal order, raster order within a frame).
+
+    Args:
+        received: ``[T', N]`` pooled received attention of the surviving frames.
+        groups: refined groups over the T' frames.
+        budget: tokens to keep; ``T' <= budget <= T' * N``.
+    """
+    if received.ndim != 2:
+        raise ValueError(f"received must be [T', N], got {tuple(received.shape)}")
+    t, n = received.shape
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ValueError(f"budget must be an integer, got {budget!r}")
+    if not t <= budget <= t * n:
+        raise ValueError(f"budget must be in [{t}, {t * n}] for {t} frames of {n} tokens, got {budget}")
+    keep = selection_mask(received, groups, budget)
+    index = keep.reshape(-1).nonzero().squeeze(1)  # [T', N] -> [T'*N] -> [budget], ascending
+    if index.numel() != budget:  # cheap: nonzero already synced
+        raise AssertionError(f"selected {index.numel()} tokens, budget is {budget}")
+    return index
+
+
 def select_tokens(
     features: torch.Tensor,
     received: torch.Tensor,
     groups: Sequence[tuple[int, int]],
     budget: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep exactly ``budget`` tokens.
+    """Keep exactly ``budget`` tokens of ``features`` (:func:`select_index`).
 
     Args:
         features: ``[T', N, D]`` pooled, projected features of the surviving frames (N = 196).
@@ -105,13 +129,6 @@ def select_tokens(
             f"received must be [T', N] = {tuple(features.shape[:2])}, got {tuple(received.shape)}"
         )
     t, n, d = features.shape
-    if isinstance(budget, bool) or not isinstance(budget, int):
-        raise ValueError(f"budget must be an integer, got {budget!r}")
-    if not t <= budget <= t * n:
-        raise ValueError(f"budget must be in [{t}, {t * n}] for {t} frames of {n} tokens, got {budget}")
-    keep = selection_mask(received, groups, budget)
-    index = keep.reshape(-1).nonzero().squeeze(1)  # [T', N] -> [T'*N] -> [budget], ascending
-    if index.numel() != budget:  # cheap: nonzero already synced
-        raise AssertionError(f"selected {index.numel()} tokens, budget is {budget}")
+    index = select_index(received, groups, budget)
     tokens = features.reshape(t * n, d).index_select(0, index)  # [T'*N, D] -> [budget, D]
     return tokens, index

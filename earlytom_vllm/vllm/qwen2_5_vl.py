@@ -103,6 +103,13 @@ class SliceGridTower:
         self.tokens_per_frame = (grid_h // m) * self.grid_w
         self._meta: dict[int, dict] = {}
 
+    def units(self, hidden: torch.Tensor, unit_index: torch.Tensor) -> torch.Tensor:
+        """The patches of the merge units ``unit_index`` (positions in the hidden states' unit
+        order) as a merger takes them: ``[F, N, C]`` -> ``[K*4, 1, C]``."""
+        f, n, c = hidden.shape
+        units = hidden.reshape(f * n // self.unit, self.unit, c)  # [F, N, C] -> [F*N/4, 4, C]
+        return units.index_select(0, unit_index).reshape(-1, 1, c)  # -> [K, 4, C] -> [K*4, 1, C]
+
     def metadata(self, frames: int) -> dict:
         """vLLM's encoder tables (rotary, cu_seqlens and the family's own) for ``frames``
         slices: the first ``frames`` slices' tables, since they are the same in every slice."""
@@ -180,6 +187,16 @@ class VllmQwenVisionTower(SliceGridTower):
         merged = self.visual.merger(x)  # [F*N/4, D], window order
         merged = merged[self.metadata(f)["reverse_indices"]]  # -> raster order
         return merged.reshape(f, self.tokens_per_frame, -1)
+
+    def project_rows(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``project_and_pool(hidden)`` at the raster indices ``index`` only (``[K]`` ->
+        ``[K, D]``): the merger is one MLP per merge unit, so it runs on the kept units alone
+        (raster token ``k`` is window-order unit ``reverse_indices[k]``)."""
+        order = self.metadata(hidden.shape[0])["reverse_indices"].to(index.device)
+        x = self.units(hidden, order[index])  # [K*4, 1, C]
+        if x.dtype == torch.float16:  # mirrors the stock forward (Qwen2.5-VL-3B overflows)
+            x = cast_overflow_tensors(x)
+        return self.visual.merger(x)  # [K, D]
 
     def pool_received(self, received: torch.Tensor) -> torch.Tensor:
         """``[F, N]`` -> ``[F, N/4]``: mean per merge unit, un-permuted like the features."""

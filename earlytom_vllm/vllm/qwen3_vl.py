@@ -295,19 +295,35 @@ class VllmQwen3VisionTower(SliceGridTower):
         for layer in self.taps:
             self.taps[layer] = apply_plan(self.taps[layer], plan)
 
+    def _tap(self, layer: int, frames: int) -> torch.Tensor:
+        """The hidden states kept after deepstack block ``layer``, ``[F, N, C]``, checked to
+        have followed every merge (``frames`` slices, like the main states)."""
+        tap = self.taps.get(layer)
+        if tap is None or tap.shape[0] != frames:
+            raise AssertionError(f"deepstack tap of block {layer} has "
+                                 f"{None if tap is None else tap.shape[0]} slices, not {frames}")
+        return tap
+
     def project_and_pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[F, N, C]`` (and the taps, ``[F, N, C]`` each) -> ``[F, N/4, D * (1 + levels)]``:
         the main merger and each deepstack merger, concatenated as the stock forward does."""
         f, n, c = hidden.shape
         levels = [self.visual.merger(hidden.reshape(f * n, 1, c))]  # [F*N/4, D]
         for k, layer in enumerate(self.tap_layers):
-            tap = self.taps.get(layer)
-            if tap is None or tap.shape[0] != f:
-                raise AssertionError(f"deepstack tap of block {layer} has "
-                                     f"{None if tap is None else tap.shape[0]} slices, not {f}")
+            tap = self._tap(layer, f)  # [F, N, C] -> [F*N, 1, C]
             levels.append(self.visual.deepstack_merger_list[k](tap.reshape(f * n, 1, c)))
         merged = torch.cat(levels, dim=1)  # [F*N/4, D * (1 + levels)]
         return merged.reshape(f, self.tokens_per_frame, -1)  # -> [F, N/4, D']
+
+    def project_rows(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``project_and_pool(hidden)`` at the flat indices ``index`` only (``[K]`` -> ``[K,
+        D * (1 + levels)]``): every merger is one MLP per merge unit, so the main merger and each
+        deepstack merger run on the kept units alone (units are in raster order here)."""
+        levels = [self.visual.merger(self.units(hidden, index))]  # [K, D]
+        for k, layer in enumerate(self.tap_layers):
+            tap = self._tap(layer, hidden.shape[0])
+            levels.append(self.visual.deepstack_merger_list[k](self.units(tap, index)))
+        return torch.cat(levels, dim=1)  # [K, D * (1 + levels)]
 
     def pool_received(self, received: torch.Tensor) -> torch.Tensor:
         """``[F, N]`` -> ``[F, N/4]``: the mean over each merge unit (raster order)."""

@@ -320,3 +320,49 @@ def test_compressed_video_budget_for_short_and_long_videos(tower, t, method):
         # max_window = 6 after the first prune layer: at most 5 frames per segment, and every
         # segment of 4-5 near-identical frames loses at least one frame
         assert out.frames_per_layer[PRUNE[0] + 1] <= 32 - 6
+
+
+class RowProjectingTower(ToyTower):
+    """The toy tower with a per-token projector (no pooling mixes tokens), so it may declare
+    ``project_rows``; ``rows_projected`` counts the rows its projector saw."""
+
+    def __init__(self, *, per_row: bool, **kw) -> None:
+        super().__init__(**kw)
+        self.rows_projected = 0
+        if per_row:
+            self.project_rows = self._project_rows
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows_projected += x.shape[0]
+        return torch.nn.functional.gelu(x @ self.proj_w + self.proj_b)
+
+    def project_and_pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        f, n, c = hidden.shape
+        pooled = hidden.reshape(f, 27, 27, c)[:, ::2, ::2].reshape(f * POOLED, c)  # 14x14 grid
+        return self._mlp(pooled).reshape(f, POOLED, -1)  # [F*196, D] -> [F, 196, D]
+
+    def _project_rows(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        f, n, c = hidden.shape
+        pooled = hidden.reshape(f, 27, 27, c)[:, ::2, ::2].reshape(f * POOLED, c)
+        return self._mlp(pooled.index_select(0, index))  # [K, C] -> [K, D]
+
+    def pool_received(self, received: torch.Tensor) -> torch.Tensor:
+        f = received.shape[0]
+        return received.reshape(f, 27, 27)[:, ::2, ::2].reshape(f, POOLED)
+
+
+@pytest.mark.parametrize("method", ["earlytom", "post_encoder"])
+def test_a_tower_projecting_per_row_projects_only_the_kept_rows(method):
+    """Stage II chooses the rows from received attention alone, so a tower whose projector works
+    per output token (``project_rows``) gets the same tokens and index while its projector sees
+    ``budget`` rows instead of every row of every surviving frame."""
+    t = 12
+    emb = embeddings_redundant(t, seed=41)
+    c = cfg(retain_ratio=0.1, method=method)
+    whole = RowProjectingTower(per_row=False, seed=3)
+    rows = RowProjectingTower(per_row=True, seed=3)
+    a, b = compress_video(emb, whole, c), compress_video(emb, rows, c)
+    assert torch.equal(a.index, b.index)
+    assert torch.allclose(a.tokens, b.tokens, atol=1e-6, rtol=0)
+    assert whole.rows_projected == a.frames_out * POOLED
+    assert rows.rows_projected == b.budget == video_token_budget(t, 0.1, POOLED)

@@ -416,15 +416,20 @@ def test_slice_batched_blocks_equal_the_stock_encoder(qllm):
             for i in range(8, tower.num_layers):
                 x = tower.layer(i, x)
             pair = tower.project_and_pool(x).reshape(-1, stock.shape[-1])
+            # the kept rows alone through the merger (window order inside) = those raster rows
+            kept = torch.tensor([0, 1, 13, 14, 77, 139, 140, 200, 279])
+            rows = tower.project_rows(x, kept)
             per = h * w
             keep = torch.cat((pixels[:per], pixels[2 * per:3 * per]))
             stock_pair = v(keep, grid_thw=[[2, h, w]])
         return ((none.tokens - stock).abs().max().item(),
-                (pair - stock_pair).abs().max().item(), none.tokens.shape[0])
+                (pair - stock_pair).abs().max().item(), none.tokens.shape[0],
+                (rows - pair[kept]).abs().max().item(), rows.shape[0])
 
-    diff, diff_pair, rows = qllm.apply_model(compare)[0]
+    diff, diff_pair, rows, diff_rows, kept_rows = qllm.apply_model(compare)[0]
     assert rows == 4 * 10 * 14
     assert diff < 1e-5 and diff_pair < 1e-5
+    assert kept_rows == 9 and diff_rows < 1e-5
 
 
 def test_hand_written_block_matches_the_vllm_block(qllm):

@@ -439,15 +439,20 @@ def test_driven_blocks_equal_the_stock_encoder(qllm):
             for i in range(5, tower.num_layers):
                 x = tower.layer(i, x)
             pair = tower.project_and_pool(x).reshape(-1, stock_out.shape[-1])
+            # the kept rows alone through every merger = those rows of the whole projection
+            kept = torch.tensor([0, 3, 4, 17, 34, 35, 50, 69])
+            rows = tower.project_rows(x, kept)
             per = h * w
             stock_pair = v(torch.cat((pixels[:per], pixels[2 * per:3 * per])),
                            grid_thw=[[2, h, w]])
         return ((none.tokens - stock_out).abs().max().item(),
-                (pair - stock_pair).abs().max().item(), tuple(none.tokens.shape))
+                (pair - stock_pair).abs().max().item(), tuple(none.tokens.shape),
+                (rows - pair[kept]).abs().max().item(), tuple(rows.shape))
 
-    diff, diff_pair, shape = qllm.apply_model(compare)[0]
+    diff, diff_pair, shape, diff_rows, rows_shape = qllm.apply_model(compare)[0]
     assert shape == (4 * 5 * 7, 4 * 128)  # main + 3 deepstack levels of D = 128
     assert diff < 1e-5 and diff_pair < 1e-5
+    assert rows_shape == (8, 4 * 128) and diff_rows < 1e-5
 
 
 def test_hand_written_block_matches_the_vllm_block(qllm):
