@@ -15,8 +15,10 @@ echo "== ruff"
 # (spinning OpenMP threads on a shared core are much slower than one thread each).
 WORKERS="${WORKERS:-2}"
 echo "== tests without the engine"
-$PY -m pytest -m "not engine" -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "$@" || status=1
+$PY -m pytest -m "not engine" -q -p no:cacheprovider -n "$WORKERS" --dist loadfile \
+    --durations=10 "$@" || status=1
 echo "== tests with the real vLLM engine (CPU, tiny checkpoint)"
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
-    $PY -m pytest -m engine -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "$@" || status=1
+    $PY -m pytest -m engine -q -p no:cacheprovider -n "$WORKERS" --dist loadfile \
+    --durations=15 "$@" || status=1
 exit $status

@@ -19,18 +19,25 @@ from earlytom_vllm.config import EarlyTomConfig
 from earlytom_vllm.families.base import BenchmarkSpec, CheckpointRecipe
 from earlytom_vllm.families.qwen2_5_vl import QwenVisionFamily
 
-#: The paper's prune layers on LLaVA-OneVision's 26-layer SigLIP (docs/method.md section 5).
+#: The paper's prune layers on LLaVA-OneVision's 26-layer SigLIP (docs/method.md section 5): the
+#: serving default and two of its alternatives (the earliest placements in its scripts).
 PAPER_PRUNE_LAYERS, PAPER_DEPTH = (10, 21, 23), 26
+PAPER_ALTERNATIVES = ((4, 14, 24), (6, 14, 20))
+
+
+def at_depth(layers: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """SigLIP prune layers at the same relative depth of a ``depth``-block encoder: layer ``i``
+    (0-based) of 26 is the output after ``i + 1`` of 26 layers, so it becomes
+    ``round((i + 1) * depth / 26) - 1``."""
+    if depth < 1:
+        raise ValueError(f"vision encoder depth must be positive, got {depth}")
+    return tuple(sorted({max(0, round((i + 1) * depth / PAPER_DEPTH) - 1) for i in layers}))
 
 
 def default_prune_layers(depth: int) -> tuple[int, ...]:
-    """The paper's placement at the same relative depth: layer ``i`` (0-based) of 26 is the
-    output after ``i + 1`` of 26 layers, so it becomes ``round((i + 1) * depth / 26) - 1``
-    (27 blocks: 10, 22, 24; 24 blocks: 9, 19, 21)."""
-    if depth < 1:
-        raise ValueError(f"vision encoder depth must be positive, got {depth}")
-    layers = {max(0, round((i + 1) * depth / PAPER_DEPTH) - 1) for i in PAPER_PRUNE_LAYERS}
-    return tuple(sorted(layers))
+    """The paper's placement at the same relative depth (27 blocks: 10, 22, 24; 24 blocks: 9,
+    19, 21)."""
+    return at_depth(PAPER_PRUNE_LAYERS, depth)
 
 
 class Qwen3VLFamily(QwenVisionFamily):
@@ -80,6 +87,9 @@ FAMILY = Qwen3VLFamily(
                 "briefly.<|im_end|>\n<|im_start|>assistant\n"),
         video_token="<|video_pad|>", video_size=448, video_fps=2,
         ttft_ratios=(0.15, 0.10), throughput_ratios=(0.15, 0.10), kv_cache_gib=1,
+        # the paper's earliest alternatives at Qwen3-VL-8B's depth, (4, 15, 25) and (6, 15, 21):
+        # how much earlier merging buys next to vLLM's EVS and VidCom2 (not the default)
+        extra_prune_layers=tuple(at_depth(p, 27) for p in PAPER_ALTERNATIVES),
         # issue targets: >= 2.5x full tokens on the scene video at r = 0.15; >= 1.25x vLLM's EVS
         # and VidCom2 there, and no slower than them on the motion video (nothing merges)
         ttft_targets={"none": {"scene": 2.5},

@@ -336,15 +336,16 @@ class RowProjectingTower(ToyTower):
         self.rows_projected += x.shape[0]
         return torch.nn.functional.gelu(x @ self.proj_w + self.proj_b)
 
+    @staticmethod
+    def _grid(hidden: torch.Tensor) -> torch.Tensor:
+        f, _, c = hidden.shape  # every other row and column of 27 x 27: 14 x 14
+        return hidden.reshape(f, 27, 27, c)[:, ::2, ::2].reshape(f * POOLED, c)  # -> [F*196, C]
+
     def project_and_pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        f, n, c = hidden.shape
-        pooled = hidden.reshape(f, 27, 27, c)[:, ::2, ::2].reshape(f * POOLED, c)  # 14x14 grid
-        return self._mlp(pooled).reshape(f, POOLED, -1)  # [F*196, D] -> [F, 196, D]
+        return self._mlp(self._grid(hidden)).reshape(hidden.shape[0], POOLED, -1)  # [F, 196, D]
 
     def _project_rows(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        f, n, c = hidden.shape
-        pooled = hidden.reshape(f, 27, 27, c)[:, ::2, ::2].reshape(f * POOLED, c)
-        return self._mlp(pooled.index_select(0, index))  # [K, C] -> [K, D]
+        return self._mlp(self._grid(hidden).index_select(0, index))  # [K, C] -> [K, D]
 
     def pool_received(self, received: torch.Tensor) -> torch.Tensor:
         f = received.shape[0]

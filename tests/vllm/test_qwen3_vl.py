@@ -246,6 +246,13 @@ def test_default_prune_layers_follow_the_encoder_depth():
     with pytest.raises(ValueError, match="depth 24"):
         family.server_defaults({"vision_config": {"depth": 24},
                                 "earlytom": {"prune_layers": [10, 22, 24]}})
+    # the benchmark's alternatives: the paper's earliest SigLIP placements at the same depth
+    assert family.benchmark.extra_prune_layers == ((4, 15, 25), (6, 15, 21))
+    model = {"vision_config": {"depth": 27}}
+    for layers in family.benchmark.extra_prune_layers:
+        config = family.request_config(family.server_defaults(model),
+                                       {"prune_layers": list(layers)}, model)
+        assert config.prune_layers == layers
 
 
 # --------------------------------------------------------------------------------------------------
