@@ -16,7 +16,12 @@ from typing import Any
 import torch
 
 from earlytom_vllm.config import EarlyTomConfig
-from earlytom_vllm.core import VideoCompression, attention_with_received, compress_video
+from earlytom_vllm.core import (
+    VideoCompression,
+    attention_with_received,
+    compress_video,
+    compress_videos,
+)
 from earlytom_vllm.core.attention import pool_received
 from earlytom_vllm.families.llava_onevision import FAMILY
 
@@ -90,9 +95,11 @@ def _video_features(self, pixel_values_videos: torch.Tensor, *args: Any, **kwarg
 
     config: EarlyTomConfig = getattr(self, _ATTR)["config"]
     owner = getattr(self, _ATTR)["owner"]
+    tower = HFSiglipTower(owner)
+    videos = list(pixel_values_videos)  # [B, T, 3, H, W] -> B x [T, 3, H, W]: one batch
     rows = []
-    for video in pixel_values_videos:  # [B, T, 3, H, W]: one video at a time
-        result = compress_hf_video(owner, video, config)
+    for result in compress_videos([tower.embed(v) for v in videos], tower,
+                                  [config] * len(videos)):
         rows.append(torch.cat((result.tokens, self.image_newline[None].to(result.tokens.dtype))))
         getattr(self, _ATTR)["last"] = result
     # All videos' rows in order, [1, sum(rows), D]; the caller flattens dims 0 and 1.

@@ -16,7 +16,8 @@ _EXPORTS = {
                   "received_attention"),
     "baselines": ("evs_select", "frame_groups", "post_encoder_select"),
     "positions": ("kept_grid_positions",),
-    "encoder": ("EncoderRun", "VideoCompression", "VisionTower", "compress_video", "run_encoder"),
+    "encoder": ("BatchRun", "EncoderRun", "VideoCompression", "VisionTower", "batch_key",
+                "compress_video", "compress_videos", "run_encoder", "run_encoder_batch"),
     "selection": ("dynamic_mask", "select_index", "select_tokens"),
     "temporal": ("merge_frames", "segment_frames", "similarity_band", "stage1"),
 }

@@ -38,7 +38,7 @@ from earlytom_vllm.vllm.processing import (
     EarlyTomProcessor,
     check_rows,
     decode_plans,
-    encode_video,
+    encode_videos,
     replace_video_placeholders,
     server_defaults,
 )
@@ -159,24 +159,30 @@ class EarlyTomLlavaOnevisionForConditionalGeneration(EarlyTomEmbeddings,
 
     def _embed_videos(self, video_input, plans) -> list[torch.Tensor]:
         pixels = video_input["pixel_values_videos"]  # [V, F, C, H, W] or V x [F, C, H, W]
-        decoded = decode_plans(plans, len(pixels))
-        # One video at a time: encoder memory is bounded by the longest video, whatever the
-        # scheduler packed into this call.
-        return [self._embed_video(pixels[i], plan) for i, plan in enumerate(decoded)]
+        return self._embed_video_batch(list(pixels), decode_plans(plans, len(pixels)))
 
     @torch.inference_mode()
-    def _embed_video(self, pixels: torch.Tensor, plan: VideoPlan) -> torch.Tensor:
-        """``[F, 3, H, W]`` -> ``[rows, D]`` (2-D, newline last)."""
-        if pixels.shape[0] != plan.num_frames:
-            raise AssertionError(f"plan for {plan.num_frames} frames, video has {pixels.shape[0]}")
-        feats, result, seconds = encode_video(
-            plan, pixels,
+    def _embed_video_batch(self, pixels: list[torch.Tensor],
+                           plans: list[VideoPlan]) -> list[torch.Tensor]:
+        """Each video ``[F, 3, H, W]`` -> ``[rows, D]`` (2-D, newline last). The videos that
+        compress are encoded together, as the stock path encodes a call's videos
+        (:func:`encode_videos`)."""
+        for video, plan in zip(pixels, plans, strict=True):
+            if video.shape[0] != plan.num_frames:
+                raise AssertionError(f"plan for {plan.num_frames} frames, video has "
+                                     f"{video.shape[0]}")
+        encoded = encode_videos(
+            plans, pixels[0],
             # the stock video path, op for op: tower, then projector and pooling
-            stock=lambda: self.vision_tower(
-                pixels, feature_select_strategy=self.config.vision_feature_select_strategy),
+            stock=lambda v: self.vision_tower(
+                pixels[v], feature_select_strategy=self.config.vision_feature_select_strategy),
             stock_tokens=lambda h: self.apply_pooling(self.multi_modal_projector(h)),
-            tower=lambda: VllmSiglipTower(self),
-            hidden=lambda tower: tower.embed(pixels))
+            tower=lambda v: VllmSiglipTower(self),
+            hidden=lambda tower, v: tower.embed(pixels[v]))
+        return [self._video_rows(e, plan) for e, plan in zip(encoded, plans, strict=True)]
+
+    def _video_rows(self, encoded, plan: VideoPlan) -> torch.Tensor:
+        feats, result, seconds = encoded
         feats = feats.reshape(-1, feats.shape[-1])  # [F, 196, D] (stock) -> [F*196, D]
         newline = self.image_newline[None, :].to(feats.dtype)  # [D] -> [1, D]
         out = check_rows(torch.cat((feats, newline), dim=0), plan)  # [budget+1, D]

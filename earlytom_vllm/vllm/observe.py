@@ -70,6 +70,7 @@ def record_trace(model: Any, plan: Any, result: Any, seconds: tuple[float, float
         "origins": None if result is None else list(result.origins),
         "encoder_seconds": seconds[0],  # patch embedding + encoder layers (+ Stage I)
         "tokens_seconds": seconds[1],  # projector + pooling + selection
+        "batch": 1 if result is None else result.batch,  # videos that shared those seconds
         **extra,
     }
     logger.debug("earlytom video: %d frames, %d rows, frames per layer %s",

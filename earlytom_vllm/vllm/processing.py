@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import cached_property
 from typing import Any, ClassVar, NamedTuple
 
@@ -31,7 +31,8 @@ from earlytom_vllm.config import EarlyTomConfig, EarlyTomConfigError
 from earlytom_vllm.core import (
     VideoCompression,
     VisionTower,
-    compress_video,
+    batch_key,
+    compress_videos,
     kept_grid_positions,
 )
 from earlytom_vllm.families import Family
@@ -200,32 +201,51 @@ class VideoFeatures(NamedTuple):
     seconds: tuple[float, float]
 
 
-def encode_video(plan: VideoPlan, like: torch.Tensor, *, stock: Callable[[], torch.Tensor],
-                 tower: Callable[[], VisionTower],
-                 hidden: Callable[[VisionTower], torch.Tensor],
-                 stock_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
-                 ) -> VideoFeatures:
-    """The video path every family shares: the stock encoder (``stock``, then ``stock_tokens``
-    where the family projects and pools after it) when nothing is compressed, else the core's
-    :func:`compress_video` over the family's tower from its first hidden states. The tower must
-    count the plan's tokens per frame. Timing syncs the device, so only a traced plan is timed.
+def encode_videos(plans: Sequence[VideoPlan], like: torch.Tensor, *,
+                  stock: Callable[[int], torch.Tensor],
+                  tower: Callable[[int], VisionTower],
+                  hidden: Callable[[VisionTower, int], torch.Tensor],
+                  grid: Callable[[int], Hashable] = lambda v: None,
+                  stock_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> list[VideoFeatures]:
+    """The video path every family shares, for the videos of one encoder call (video ``v`` has
+    ``plans[v]``). A video that compresses nothing goes through the stock encoder (``stock(v)``,
+    then ``stock_tokens`` where the family projects and pools after it). The others are encoded
+    in batches, as the stock encoder encodes a call's videos together: the videos of one
+    ``grid(v)`` (the tower's geometry) and one :func:`earlytom_vllm.core.batch_key` go through
+    the core's :func:`compress_videos` over the family's tower (``tower(v)``, the first hidden
+    states ``hidden(tower, v)``) at once: every layer runs once over all their frames, Stage I
+    and Stage II per video. The tower must count each plan's tokens per frame. Timing syncs the
+    device, so only a traced plan is timed (a batch's seconds are the batch's).
     """
-    clock = trace_clock(like) if plan.config.trace else None
-    t0 = clock() if clock else 0.0
-    if not plan.config.compresses:
-        feats = stock()
+    out: list[VideoFeatures | None] = [None] * len(plans)
+    batches: dict[tuple, list[int]] = {}
+    for v, plan in enumerate(plans):
+        if plan.config.compresses:
+            batches.setdefault((grid(v), batch_key(plan.config)), []).append(v)
+            continue
+        clock = trace_clock(like) if plan.config.trace else None
+        t0 = clock() if clock else 0.0
+        feats = stock(v)
         t1 = clock() if clock else 0.0
         if stock_tokens is not None:
             feats = stock_tokens(feats)
-        return VideoFeatures(feats, None, (t1 - t0, (clock() - t1) if clock else 0.0))
-    tw = tower()
-    if tw.tokens_per_frame != plan.tokens_per_frame:
-        raise AssertionError(f"plan for {plan.tokens_per_frame} tokens per frame, the encoder "
-                             f"gives {tw.tokens_per_frame}")
-    result = compress_video(hidden(tw), tw, plan.config, clock=clock)
-    total = (clock() - t0) if clock else 0.0
-    return VideoFeatures(result.tokens, result, (total - result.tokens_seconds,
-                                                 result.tokens_seconds))
+        out[v] = VideoFeatures(feats, None, (t1 - t0, (clock() - t1) if clock else 0.0))
+    for members in batches.values():
+        tw = tower(members[0])
+        for v in members:
+            if tw.tokens_per_frame != plans[v].tokens_per_frame:
+                raise AssertionError(f"plan for {plans[v].tokens_per_frame} tokens per frame, "
+                                     f"the encoder gives {tw.tokens_per_frame}")
+        clock = trace_clock(like) if plans[members[0]].config.trace else None
+        t0 = clock() if clock else 0.0
+        results = compress_videos([hidden(tw, v) for v in members], tw,
+                                  [plans[v].config for v in members], clock=clock)
+        total = (clock() - t0) if clock else 0.0
+        for v, result in zip(members, results, strict=True):
+            out[v] = VideoFeatures(result.tokens, result, (total - result.tokens_seconds,
+                                                           result.tokens_seconds))
+    return out  # type: ignore[return-value]  (every video got its features)
 
 
 def check_rows(rows: torch.Tensor, plan: VideoPlan) -> torch.Tensor:
@@ -292,26 +312,35 @@ class PositionChannelsModel(EarlyTomEmbeddings):
         t, h, w = grid[0], grid[1] // m, grid[2] // m
         return kept_grid_positions(torch.arange(t * h * w, device=device), range(t), h * w, w)
 
-    def _encode_slices(self, pixels: torch.Tensor, grid: list[int], plan: VideoPlan,
-                       tower_class: Callable[..., VisionTower]
-                       ) -> tuple[torch.Tensor, VideoCompression | None, tuple[float, float],
-                                  torch.Tensor]:
-        """One video's ``[t*h*w, C]`` patches through the stock encoder, or the core over the
-        family's ``tower_class(visual, h, w)``: (features ``[rows, D']``, the compression record,
-        seconds, ``[rows, 3]`` (slice, row, column) of each kept token in the merged grid)."""
-        t, h, w = grid
-        if t != plan.num_frames:
-            raise AssertionError(f"plan for {plan.num_frames} slices, video has {t}")
-        feats, result, seconds = encode_video(
-            plan, pixels,
-            stock=lambda: self.visual(pixels, grid_thw=[grid]),  # [t*h*w/4, D']
-            tower=lambda: tower_class(self.visual, h, w),
-            hidden=lambda tower: tower.embed(pixels, t))
-        if result is None:
-            return feats, None, seconds, self._full_grid(grid, feats.device)
-        kept = kept_grid_positions(result.index, result.origins, plan.tokens_per_frame,
-                                   w // self.visual.spatial_merge_size)
-        return feats, result, seconds, kept
+    @torch.inference_mode()
+    def _encode_all(self, videos: Sequence[tuple[torch.Tensor, list[int], VideoPlan]],
+                    tower_class: Callable[..., VisionTower]
+                    ) -> list[tuple[torch.Tensor, VideoCompression | None, tuple[float, float],
+                                    torch.Tensor]]:
+        """The videos ``(patches [t*h*w, C], grid, plan)`` of one encoder call through the
+        stock encoder, or the core over the family's ``tower_class(visual, h, w)`` (videos of
+        one grid and settings in one batch: :func:`encode_videos`). Per video: (features
+        ``[rows, D']``, the compression record, seconds, ``[rows, 3]`` (slice, row, column) of
+        each kept token in the merged grid)."""
+        for _, grid, plan in videos:
+            if grid[0] != plan.num_frames:
+                raise AssertionError(f"plan for {plan.num_frames} slices, video has {grid[0]}")
+        like = videos[0][0] if videos else torch.empty(0)
+        encoded = encode_videos(
+            [plan for _, _, plan in videos], like,
+            stock=lambda v: self.visual(videos[v][0], grid_thw=[videos[v][1]]),  # [thw/4, D']
+            tower=lambda v: tower_class(self.visual, videos[v][1][1], videos[v][1][2]),
+            hidden=lambda tower, v: tower.embed(videos[v][0], videos[v][1][0]),
+            grid=lambda v: tuple(videos[v][1][1:]))
+        out = []
+        for (feats, result, seconds), (_, grid, plan) in zip(encoded, videos, strict=True):
+            if result is None:
+                kept = self._full_grid(grid, feats.device)
+            else:
+                kept = kept_grid_positions(result.index, result.origins, plan.tokens_per_frame,
+                                           grid[2] // self.visual.spatial_merge_size)
+            out.append((feats, result, seconds, kept))
+        return out
 
     def _videos(self, video_input: Any, plans: Any) -> list[tuple[torch.Tensor, list[int],
                                                                   VideoPlan]]:

@@ -336,16 +336,15 @@ class EarlyTomQwen2_5_VLForConditionalGeneration(PositionChannelsModel,
             feats = self._process_video_input(video_input)
             return [self._with_positions(e, self._full_grid(g, e.device), tf, g)
                     for e, g, tf in zip(feats, grids, factors, strict=True)]
-        # One video at a time: encoder memory is bounded by the longest video.
-        return [self._embed_video(p, g, tf, plan) for (p, g, plan), tf
-                in zip(self._videos(video_input, plans), factors, strict=True)]
+        videos = self._videos(video_input, plans)
+        encoded = self._encode_all(videos, VllmQwenVisionTower)
+        return [self._video_rows(e, g, tf, plan) for e, (_, g, plan), tf
+                in zip(encoded, videos, factors, strict=True)]
 
-    @torch.inference_mode()
-    def _embed_video(self, pixels: torch.Tensor, grid: list[int], t_factor: float,
-                     plan: VideoPlan) -> torch.Tensor:
-        """One video's patches -> ``[rows, D + 4]``: kept tokens and their position channels."""
-        feats, result, seconds, grid_pos = self._encode_slices(pixels, grid, plan,
-                                                               VllmQwenVisionTower)
+    def _video_rows(self, encoded, grid: list[int], t_factor: float,
+                    plan: VideoPlan) -> torch.Tensor:
+        """One encoded video -> ``[rows, D + 4]``: kept tokens and their position channels."""
+        feats, result, seconds, grid_pos = encoded
         out = check_rows(self._with_positions(feats, grid_pos, t_factor, grid), plan)
         if plan.config.trace:
             record_trace(self, plan, result, seconds,

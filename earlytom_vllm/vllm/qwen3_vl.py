@@ -355,16 +355,15 @@ class EarlyTomQwen3VLModel(PositionChannelsModel):
             feats = self._process_video_input(video_input)
             return [self._with_channels(e, self._full_grid(g, e.device), g[0])
                     for e, g in zip(feats, grids, strict=True)]
-        # One video at a time: encoder memory is bounded by the longest video.
-        return [self._embed_video(p, g, plan) for p, g, plan in self._videos(video_input, plans)]
+        videos = self._videos(video_input, plans)
+        encoded = self._encode_all(videos, VllmQwen3VisionTower)
+        return [self._video_rows(e, g, plan) for e, (_, g, plan) in zip(encoded, videos,
+                                                                       strict=True)]
 
-    @torch.inference_mode()
-    def _embed_video(self, pixels: torch.Tensor, grid: list[int],
-                     plan: VideoPlan) -> torch.Tensor:
-        """One video's patches -> ``[rows, D * (1 + levels) + 10]``: the kept tokens' main and
+    def _video_rows(self, encoded, grid: list[int], plan: VideoPlan) -> torch.Tensor:
+        """One encoded video -> ``[rows, D * (1 + levels) + 10]``: the kept tokens' main and
         deepstack features and their position channels."""
-        feats, result, seconds, grid_pos = self._encode_slices(pixels, grid, plan,
-                                                               VllmQwen3VisionTower)
+        feats, result, seconds, grid_pos = encoded
         out = check_rows(self._with_channels(feats, grid_pos, grid[0]), plan)
         if plan.config.trace:
             record_trace(self, plan, result, seconds,

@@ -131,6 +131,15 @@ def test_two_videos_of_different_lengths_in_one_prompt(llm):
     expect = text_tokens(llm, TWO_VIDEOS) + video_token_budget(8, 0.1, 196) + video_token_budget(12, 0.1, 196) + 2
     assert len(out.prompt_token_ids) == expect
     assert len(out.outputs[0].token_ids) == 2
+    # both videos went through the encoder in one batch, and each keeps what it keeps alone
+    together = last_trace(llm)  # the last video of the call: b
+    assert together["batch"] == 2
+    # the same settings spelled out: another cache key, so b is encoded again, alone
+    generate(llm, PROMPT, b, kwargs={"earlytom": {"retain_ratio": 0.1}})
+    alone = last_trace(llm)
+    assert alone["batch"] == 1
+    assert together["index"] == alone["index"] and together["groups"] == alone["groups"]
+    assert together["frames_per_layer"] == alone["frames_per_layer"]
 
 
 def test_redundant_video_runs_later_layers_on_fewer_frames(llm):
@@ -179,7 +188,7 @@ def test_profiling_dummy_uses_max_frames_and_full_count(llm):
     # The dummy encode itself (the CPU runner never profiles): 32 frames, then compressed.
     pixels = torch.zeros(32, 3, 384, 384)
     rows = llm.apply_model(
-        lambda m: m._embed_video(pixels, VideoPlan(32, 196, 1, EarlyTomConfig())).shape[0])[0]
+        lambda m: m._embed_video_batch([pixels], [VideoPlan(32, 196, 1, EarlyTomConfig())])[0].shape[0])[0]
     assert rows == video_token_budget(32, 0.1, 196) + 1
 
 
@@ -215,7 +224,7 @@ def test_vllm_and_transformers_adapter_agree(llm, tiny_checkpoint):
     with torch.inference_mode():
         ours = compress_hf_video(hf, pixels, config)
     plan = VideoPlan(12, 196, 1, EarlyTomConfig(retain_ratio=0.1, trace=True))
-    vllm_rows = llm.apply_model(lambda m: m._embed_video(pixels, plan).cpu())[0]
+    vllm_rows = llm.apply_model(lambda m: m._embed_video_batch([pixels], [plan])[0].cpu())[0]
     vllm_trace = last_trace(llm)
     assert vllm_trace["index"] == ours.index.tolist()
     assert vllm_trace["frames_per_layer"] == ours.frames_per_layer
@@ -282,7 +291,7 @@ def test_default_request_adds_no_sync_or_host_copy_to_the_core(llm, monkeypatch)
                 mp.setattr(torch.Tensor, n, counting(n))
             with torch.inference_mode():
                 current["key"] = "model"
-                rows = model._embed_video(pixels, plan).shape[0]
+                rows = model._embed_video_batch([pixels], [plan])[0].shape[0]
                 tower = ov.VllmSiglipTower(model)
                 current["key"] = "core"
                 compress_video(tower.embed(pixels), tower, plan.config)

@@ -384,7 +384,10 @@ def test_family_defaults_and_profiling_dummy(qllm):
     pixels = torch.zeros(16 * 32 * 32, 3 * 2 * 14 * 14)
     plan = VideoPlan(16, 256, 0, EarlyTomConfig(prune_layers=(7, 15, 23)))
     rows = qllm.apply_model(
-        lambda m: m._embed_video(pixels, [16, 32, 32], 2.0, plan).shape)[0]
+        lambda m: m._embed_videos({"type": "pixel_values_videos", "pixel_values_videos": pixels,
+                                   "video_grid_thw": torch.tensor([[16, 32, 32]]),
+                                   "second_per_grid_ts": torch.tensor([1.0])},
+                                  torch.tensor([plan.encode()]))[0].shape)[0]
     assert tuple(rows) == (16 * 26, 128 + 4)  # 16 x ceil(25.6) rows, D + 4 position channels
 
 
@@ -515,3 +518,31 @@ def test_visual_token_counters_count_this_family(qllm, qwen_checkpoint):
     before, after = (b - a for a, b in zip(start, totals(), strict=True))
     assert before == 4 * 64 + 6 * 140
     assert after == expected_count(4, 64, 0.25) + expected_count(6, 140, 0.25)
+
+
+def test_a_calls_videos_of_one_grid_are_encoded_together(qllm):
+    """Two videos of one grid (not a whole number of windows) and settings in one encoder call
+    are one batch, each coming out as it does alone; a third of another grid stays apart."""
+    from earlytom_vllm.vllm.qwen2_5_vl import VllmQwenVisionTower
+
+    g = torch.Generator().manual_seed(11)
+    config = EarlyTomConfig(prune_layers=(7, 15, 23), tau=0.3, retain_ratio=0.25)
+    items = []
+    for t, h, w in ((6, 20, 28), (4, 20, 28), (4, 8, 8)):
+        base = torch.randn(h * w, 3 * 2 * 14 * 14, generator=g)
+        pixels = torch.cat([base + 0.02 * i * torch.randn(base.shape, generator=g)
+                            for i in range(t)])  # drifting slices: Stage I merges some
+        items.append((pixels, [t, h, w], VideoPlan(num_frames=t, extra_rows=0, config=config,
+                                                   tokens_per_frame=(h // 2) * (w // 2))))
+
+    def run(model):
+        together = model._encode_all(items, VllmQwenVisionTower)
+        alone = [model._encode_all([item], VllmQwenVisionTower)[0] for item in items]
+        return [((f2 - f1).abs().max().item(), torch.equal(p2, p1), r2.batch,
+                 torch.equal(r2.index, r1.index), r2.frames_per_layer == r1.frames_per_layer)
+                for (f2, r2, _, p2), (f1, r1, _, p1) in zip(together, alone, strict=True)]
+
+    result = qllm.apply_model(run)[0]
+    assert [r[2] for r in result] == [2, 2, 1]
+    for diff, same_positions, _, same_index, same_frames in result:
+        assert diff < 1e-5 and same_positions and same_index and same_frames

@@ -7,6 +7,7 @@ are vLLM's own Qwen3-VL rule applied to the UNPRUNED prompt, read at the same to
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -585,3 +586,44 @@ def test_the_qwen3_5_encoder_without_deepstack(qllm):
     diff, shape, deepstack = qllm.apply_model(run)[0]
     assert deepstack == [] and diff < 1e-5
     assert shape == (count(t, 16, 0.25), 128)
+
+
+def test_a_calls_videos_of_one_grid_are_encoded_together(qllm):
+    """The videos of one encoder call that share a grid and settings go through the encoder as
+    one batch (every block once over all their slices, Stage I and II per video, deepstack taps
+    following each video's merges), and each comes out as it does alone: same rows, positions
+    and kept tokens. Another grid, other settings, and a video that compresses nothing stay
+    apart."""
+    from earlytom_vllm.plan import VideoPlan
+    from earlytom_vllm.vllm.qwen3_vl import VllmQwen3VisionTower
+
+    base = EarlyTomConfig(prune_layers=(8, 16, 24), tau=0.3, retain_ratio=0.25)
+    videos = [  # (t, h, w, seed, config)
+        (12, 8, 8, 3, base),
+        (8, 8, 8, 4, dataclasses.replace(base, retain_ratio=0.15)),  # same batch, other ratio
+        (6, 10, 14, 5, base),  # another grid: its own batch
+        (4, 8, 8, 6, dataclasses.replace(base, tau=0.5)),  # other settings: its own batch
+        (4, 8, 8, 7, dataclasses.replace(base, retain_ratio=1.0)),  # stock path
+    ]
+    items = [(_pixels(t, h, w, seed=seed, drift=0.02), [t, h, w],
+              VideoPlan(num_frames=t, tokens_per_frame=(h // 2) * (w // 2), extra_rows=0,
+                        config=cfg)) for t, h, w, seed, cfg in videos]
+
+    def run(model):
+        together = model._encode_all(items, VllmQwen3VisionTower)
+        alone = [model._encode_all([item], VllmQwen3VisionTower)[0] for item in items]
+        out = []
+        for (f2, r2, _, pos2), (f1, r1, _, pos1) in zip(together, alone, strict=True):
+            out.append(((f2 - f1).abs().max().item(), torch.equal(pos2, pos1),
+                        None if r2 is None else (r2.batch, torch.equal(r2.index, r1.index),
+                                                 r2.frames_per_layer == r1.frames_per_layer,
+                                                 r2.frames_out < r2.frames_per_layer[0])))
+        return out
+
+    result = qllm.apply_model(run)[0]
+    assert [r[2][0] if r[2] else None for r in result] == [2, 2, 1, 1, None]
+    for diff, same_positions, record in result:
+        assert diff < 1e-5 and same_positions
+        if record is not None:
+            assert record[1] and record[2]
+    assert result[0][2][3]  # the long drifting video merged slices inside the batch
