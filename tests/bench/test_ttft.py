@@ -135,8 +135,8 @@ def qwen_report(request, tmp_path_factory):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.ttft", "--family", request.param, "--quick",
-         "--videos", "scene", "--ratios", str(QWEN_RATIO), "--json", str(js), "--plot", "",
-         "--no-progress"],
+         "--videos", "scene", "--ratios", str(QWEN_RATIO), "--extra-prune-layers", "",
+         "--json", str(js), "--plot", "", "--no-progress"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
