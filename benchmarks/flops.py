@@ -90,7 +90,8 @@ frames); ``--frames`` counts video frames, schedules count slices.
     * this project: per slice; in a windowed block attention is summed over the 112-px windows
       (:meth:`benchmarks.harness.flops_models.QwenVisionConfig.window_sizes`: 4x4 merge units,
       partial at the edges), in a full block
-      over the whole slice; 3-D patch embed, merger ``4w -> 4w -> D`` per LLM token; LLM tokens
+      over the whole slice; 3-D patch embed, merger ``4w -> 4w -> D`` per LLM token (EarlyTom:
+      per kept token only, ``VisionTower.project_rows``; after-encoder pruning: every token); LLM tokens
       ``t*(h/2)(w/2)`` full, ``video_token_budget(t, r, (h/2)(w/2))`` pruned (no newline).
       Default schedule ``7:22,15:20,23:17`` (prune layers 7/15/23, the LLaVA-OV frame fractions),
       scaled by slices / 32.
@@ -228,7 +229,11 @@ def count_correct(model: ModelConfig, method: str, r: float, *, frames: int, tex
     parts = {
         "patch_embed": v.patch_embed_macs(t),
         "encoder": sum(counts[i] * v.layer_macs(i) for i in range(v.layers)),
-        "projector": v.projector_macs(counts[-1], llm.hidden),
+        # EarlyTom chooses its tokens before a per-token projector (the Qwen mergers) and runs
+        # it on those alone; pruning after the encoder projects every token of every frame
+        "projector": (kept * v.projector_token_macs()
+                      if v.projects_per_token and method.startswith("earlytom") and r < 1.0
+                      else v.projector_macs(counts[-1], llm.hidden)),
         "llm": llm.layers * llm_layer_macs(visual + text_tokens, llm, causal=causal),
     }
     return _entry(visual=visual, text=text_tokens, frames=counts, schedule=used, parts=parts,

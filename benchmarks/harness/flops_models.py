@@ -118,6 +118,11 @@ class VisionConfig(_Vision):
         """One frame through one encoder layer (attention never crosses frames)."""
         return paper_layer_macs(self.tokens_per_frame, self.width, self.mlp)
 
+    #: Whether the projector is one MLP per LLM token, so that EarlyTom runs it on the kept
+    #: tokens only (``VisionTower.project_rows``). SigLIP's projector runs before the bilinear
+    #: pooling, over every patch of the surviving frames.
+    projects_per_token = False
+
     def projector_macs(self, frames: int, hidden: int) -> int:
         """Linear w -> D, GELU, Linear D -> D over every patch, before pooling."""
         return frames * self.tokens_per_frame * (self.width * hidden + hidden * hidden)
@@ -161,11 +166,16 @@ class _SliceVision(_Vision):
         kernel = self.channels * self.temporal_patch * self.patch * self.patch
         return slices * self.tokens_per_frame * kernel * self.width
 
-    def projector_macs(self, slices: int, hidden: int) -> int:
-        """Each patch merger: per LLM token, Linear(4w -> 4w), GELU, Linear(4w -> out_hidden)."""
+    projects_per_token = True  # every merger is one MLP per 2x2 merge unit
+
+    def projector_token_macs(self) -> int:
+        """Every patch merger on one LLM token: Linear(4w -> 4w), GELU, Linear(4w -> out_hidden)."""
         inner = self.width * self.merge * self.merge
-        return self.mergers * slices * self.pooled_tokens_per_frame * (
-            inner * inner + inner * self.out_hidden)
+        return self.mergers * (inner * inner + inner * self.out_hidden)
+
+    def projector_macs(self, slices: int, hidden: int) -> int:
+        """The mergers over every LLM token of ``slices`` slices."""
+        return slices * self.pooled_tokens_per_frame * self.projector_token_macs()
 
 
 @dataclass(frozen=True, kw_only=True)

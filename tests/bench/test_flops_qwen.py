@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
+
 from benchmarks import flops
 from benchmarks.harness import flops_models as fm
 from earlytom_vllm.core import video_token_budget
@@ -107,3 +109,24 @@ def test_evs_rates_for_the_qwen_benchmark_setting():
         assert video_token_budget(16, r, 256) == budget
         q = rate_for_count("evs", 16, 256, budget)
         assert evs_kept(4096, 256, q) == budget, (r, q)
+
+
+def test_earlytom_runs_the_qwen_mergers_on_its_kept_tokens_only():
+    """EarlyTom chooses its tokens before a per-token projector (VisionTower.project_rows), so its
+    projector term is the kept tokens' mergers; pruning after the encoder pays every token's, and
+    SigLIP's projector (before pooling) is counted over the surviving frames as before."""
+    for key, frames in (("qwen2.5-vl-7b", 64), ("qwen3-vl-8b", 32)):
+        model = flops.MODELS[key]
+        v = model.vision
+        t = v.units(frames)
+        sched = flops.default_schedule(v)
+        kept = video_token_budget(t, 0.15, v.pooled_tokens_per_frame)
+
+        projector = {m: flops.count_correct(model, m, 0.15, frames=frames, text_tokens=100,
+                                            schedule=sched)["tflops"]["projector"] * flops.TFLOP
+                     for m in ("earlytom", "post_encoder")}
+        assert v.projects_per_token
+        assert projector["earlytom"] == pytest.approx(kept * v.projector_token_macs(), rel=1e-5)
+        assert projector["post_encoder"] == pytest.approx(
+            v.projector_macs(t, model.llm.hidden), rel=1e-5)
+    assert not flops.MODELS["llava-ov-7b"].vision.projects_per_token
